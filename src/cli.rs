@@ -1,0 +1,130 @@
+//! The command line: clap definitions and nothing else (the work is in [`crate::app`]).
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// mw-experimental: converge a MediaWiki experimental Kubernetes worker and keep its
+/// /srv/mediawiki current from the newest mediawiki-multiversion image.
+#[derive(Debug, Parser)]
+#[command(name = "mw-experimental", version, propagate_version = true)]
+pub struct Cli {
+    /// The configuration file (YAML). Every key is optional.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "MW_EXPERIMENTAL_CONFIG"
+    )]
+    pub config: Option<PathBuf>,
+    /// Print JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The external fact: one JSON object {"mw_experimental": {...}}, from the state file only.
+    Facts,
+    /// What apply would change. Exit 0 converged, 1 changes pending, 2 error.
+    Plan {
+        /// Components to check: group, permissions, node, code (default: group permissions node).
+        #[arg(value_name = "COMPONENT")]
+        components: Vec<String>,
+    },
+    /// Converge the named components (default: group permissions node). Exit 0 ok, 2 error.
+    Apply {
+        #[arg(value_name = "COMPONENT")]
+        components: Vec<String>,
+        /// How long to wait for another run's lock, in seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        lock_wait: u64,
+    },
+    /// Refresh the code tree from the newest image; engineers' edits are kept.
+    Sync {
+        /// Overwrite engineers' edits too (each is backed up first).
+        #[arg(long)]
+        force: bool,
+        /// Say what would be written, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        lock_wait: u64,
+    },
+    /// A short human overview of the switch, each component and the last runs.
+    Status,
+    /// Engineers' edits against the image the tree was last synced from.
+    Diff {
+        /// Paths in the tree (absolute, or relative to it); default: the whole tree.
+        paths: Vec<PathBuf>,
+        /// Show a unified diff for text files.
+        #[arg(long)]
+        patch: bool,
+    },
+    /// Restore paths from the image (each backed up first).
+    Reset {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        lock_wait: u64,
+    },
+    /// Print the Kubernetes Deployment/Service and the X-Wikimedia-Debug routing entries.
+    Render {
+        /// Nodes to route to, as NAME or NAME=HOST (default: this node).
+        #[arg(long = "node", value_name = "NAME[=HOST]")]
+        nodes: Vec<String>,
+    },
+    /// Print the effective configuration.
+    Config,
+}
+
+/// The program: parse, run, print an error once with its whole chain, exit.
+pub fn main() -> std::process::ExitCode {
+    use crate::exit_codes::ExitCode;
+    // Invoked as `mw_experimental` (the facts.d symlink): the fact, whatever the arguments.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "mw_experimental")
+    {
+        crate::logging::init(0, true, log::LevelFilter::Error);
+        let config = std::env::var_os("MW_EXPERIMENTAL_CONFIG").map(PathBuf::from);
+        let fact = crate::facts::fact(config.as_deref());
+        println!("{fact}");
+        return ExitCode::Ok.into();
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::Error.into()
+            } else {
+                ExitCode::Ok.into()
+            };
+        }
+    };
+    let default_level = match cli.command {
+        Command::Facts
+        | Command::Plan { .. }
+        | Command::Diff { .. }
+        | Command::Render { .. }
+        | Command::Config => log::LevelFilter::Warn,
+        _ => log::LevelFilter::Info,
+    };
+    crate::logging::init(cli.verbose, cli.quiet, default_level);
+    match crate::app::run(cli) {
+        Ok(code) => code.into(),
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::Error.into()
+        }
+    }
+}

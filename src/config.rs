@@ -1,0 +1,456 @@
+//! The configuration file: its schema, built-in defaults and validation.
+//!
+//! Puppet writes `/etc/mw-experimental/config.yaml` from Hiera; engineers never do. So the file is
+//! checked hard, before anything runs: an unknown key, a bad path, a label Kubernetes would reject
+//! all stop the tool with a message that names the file and the key, and nothing is written.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Component as PathComponent, Path, PathBuf};
+
+pub const DEFAULT_PATH: &str = "/etc/mw-experimental/config.yaml";
+
+/// The resolved configuration every other module takes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub enabled: bool,
+    /// The Node object's name; `None`: the kubelet's default, this host's name lower-cased.
+    pub node_name: Option<String>,
+    pub code: Code,
+    pub deployers: Deployers,
+    pub kubernetes: Kubernetes,
+    pub image: Image,
+    pub state_dir: PathBuf,
+    pub metrics_file: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Code {
+    pub path: PathBuf,
+    pub owner: String,
+    /// The root directory's mode, as an octal string (`"2775"`).
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Deployers {
+    pub group: String,
+    pub gid: u32,
+    pub members: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kubernetes {
+    pub kubectl: String,
+    pub kubeconfig: Option<PathBuf>,
+    pub timeout_seconds: u64,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Taint {
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
+    pub effect: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageSource {
+    Containerd,
+    OciLayout,
+    Directory,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Image {
+    pub source: ImageSource,
+    pub containerd_address: PathBuf,
+    pub namespace: String,
+    pub repository: String,
+    /// The tree's path inside the image.
+    pub path: PathBuf,
+    /// The OCI layout or directory, for those sources.
+    pub location: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            enabled: false,
+            node_name: None,
+            code: Code::default(),
+            deployers: Deployers::default(),
+            kubernetes: Kubernetes::default(),
+            image: Image::default(),
+            state_dir: "/var/lib/mw-experimental".into(),
+            metrics_file: "/var/lib/prometheus/node.d/mw_experimental.prom".into(),
+        }
+    }
+}
+
+impl Default for Code {
+    fn default() -> Self {
+        Code {
+            path: "/srv/mediawiki".into(),
+            owner: "mwdeploy".into(),
+            mode: "2775".into(),
+        }
+    }
+}
+
+impl Default for Deployers {
+    fn default() -> Self {
+        Deployers {
+            group: "deployment".into(),
+            gid: 705,
+            members: Vec::new(),
+        }
+    }
+}
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        let taint = |effect: &str| Taint {
+            key: "dedicated".into(),
+            value: "mw-experimental".into(),
+            effect: effect.into(),
+        };
+        Kubernetes {
+            kubectl: "kubectl".into(),
+            kubeconfig: None,
+            timeout_seconds: 10,
+            labels: BTreeMap::from([("dedicated".into(), "mw-experimental".into())]),
+            taints: vec![taint("NoSchedule"), taint("NoExecute")],
+        }
+    }
+}
+
+impl Default for Image {
+    fn default() -> Self {
+        Image {
+            source: ImageSource::Containerd,
+            containerd_address: "/run/containerd/containerd.sock".into(),
+            namespace: "k8s.io".into(),
+            repository: "docker-registry.discovery.wmnet/restricted/mediawiki-multiversion".into(),
+            path: "/srv/mediawiki".into(),
+            location: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`. A missing file is fine only when `required` is
+    /// false (the default path): every key has a default.
+    pub fn load(path: &Path, required: bool) -> Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Config::default());
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading the configuration {}", path.display()));
+            }
+        };
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is only for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        // An empty file (or one with only comments) means "all defaults".
+        let config: Config = if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            Config::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid configuration {}: {}\nfix the file (Puppet writes it from Hiera: \
+                     profile::mw_experimental::*) and run again",
+                    path.display(),
+                    e
+                )
+            })?
+        };
+        let problems = config.problems();
+        if !problems.is_empty() {
+            let mut msg = format!("invalid configuration {}:", path.display());
+            for p in &problems {
+                let _ = write!(msg, "\n  {p}");
+            }
+            msg.push_str("\nnothing was changed; fix the file and run again");
+            bail!(msg);
+        }
+        Ok(config)
+    }
+
+    /// The root directory's mode as a number (validated at load).
+    pub fn code_mode(&self) -> u32 {
+        u32::from_str_radix(&self.code.mode, 8).unwrap_or(0o2775)
+    }
+
+    /// The Node object's name: configured, or the kubelet's default (hostname, lower-cased).
+    pub fn node_name(&self) -> Result<String> {
+        if let Some(name) = &self.node_name {
+            return Ok(name.clone());
+        }
+        let host = rustix::system::uname();
+        let name = host.nodename().to_string_lossy().to_lowercase();
+        if name.is_empty() {
+            bail!("finding this host's name for the Node object: uname returned none; set node_name in the configuration");
+        }
+        Ok(name)
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join("state.json")
+    }
+
+    /// Every problem, each naming its key, so one run tells the whole story.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let mut path = |key: &str, value: &Path| {
+            if let Err(why) = check_path(value) {
+                p.push(format!("{key}: {:?} {why}", value.display().to_string()));
+            }
+        };
+        path("code.path", &self.code.path);
+        path("image.path", &self.image.path);
+        path("image.containerd_address", &self.image.containerd_address);
+        path("state_dir", &self.state_dir);
+        path("metrics_file", &self.metrics_file);
+        if let Some(k) = &self.kubernetes.kubeconfig {
+            path("kubernetes.kubeconfig", k);
+        }
+        if let Some(l) = &self.image.location {
+            path("image.location", l);
+        }
+        if self.code.path == Path::new("/") {
+            p.push("code.path: \"/\" cannot be the code tree".into());
+        }
+        if self.state_dir.starts_with(&self.code.path) {
+            p.push(format!(
+                "state_dir: {:?} lies inside code.path, which engineers can write; choose a directory outside it",
+                self.state_dir.display().to_string()
+            ));
+        }
+        match u32::from_str_radix(&self.code.mode, 8) {
+            Ok(m) if !self.code.mode.is_empty() && self.code.mode.len() <= 4 && m <= 0o7777 => {}
+            _ => p.push(format!(
+                "code.mode: {:?} is not an octal mode; write it as a quoted string of up to four octal digits, e.g. \"2775\"",
+                self.code.mode
+            )),
+        }
+        if let Err(why) = check_account_name(&self.code.owner) {
+            p.push(format!("code.owner: {:?} {why}", self.code.owner));
+        }
+        if let Err(why) = check_account_name(&self.deployers.group) {
+            p.push(format!("deployers.group: {:?} {why}", self.deployers.group));
+        }
+        if !(1..=65533).contains(&self.deployers.gid) {
+            p.push(format!(
+                "deployers.gid: {} is outside 1..=65533",
+                self.deployers.gid
+            ));
+        }
+        for (i, m) in self.deployers.members.iter().enumerate() {
+            if let Err(why) = check_account_name(m) {
+                p.push(format!("deployers.members[{i}]: {m:?} {why}"));
+            }
+        }
+        if let Some(n) = &self.node_name {
+            if let Err(why) = check_dns_subdomain(n) {
+                p.push(format!("node_name: {n:?} {why}"));
+            }
+        }
+        if self.kubernetes.kubectl.is_empty()
+            || (self.kubernetes.kubectl.contains('/')
+                && check_path(Path::new(&self.kubernetes.kubectl)).is_err())
+        {
+            p.push(format!(
+                "kubernetes.kubectl: {:?} must be a command name found in PATH or an absolute path",
+                self.kubernetes.kubectl
+            ));
+        }
+        if !(1..=300).contains(&self.kubernetes.timeout_seconds) {
+            p.push(format!(
+                "kubernetes.timeout_seconds: {} is outside 1..=300",
+                self.kubernetes.timeout_seconds
+            ));
+        }
+        for (k, v) in &self.kubernetes.labels {
+            if let Err(why) = check_label_key(k) {
+                p.push(format!("kubernetes.labels: key {k:?} {why}"));
+            }
+            if let Err(why) = check_label_value(v) {
+                p.push(format!("kubernetes.labels.{k}: value {v:?} {why}"));
+            }
+        }
+        for (i, t) in self.kubernetes.taints.iter().enumerate() {
+            if let Err(why) = check_label_key(&t.key) {
+                p.push(format!("kubernetes.taints[{i}].key: {:?} {why}", t.key));
+            }
+            if let Err(why) = check_label_value(&t.value) {
+                p.push(format!("kubernetes.taints[{i}].value: {:?} {why}", t.value));
+            }
+            if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&t.effect.as_str()) {
+                p.push(format!(
+                    "kubernetes.taints[{i}].effect: {:?} is not one of NoSchedule, PreferNoSchedule, NoExecute",
+                    t.effect
+                ));
+            }
+            if self.kubernetes.taints[..i]
+                .iter()
+                .any(|o| o.key == t.key && o.effect == t.effect)
+            {
+                p.push(format!(
+                    "kubernetes.taints[{i}]: a second taint with key {:?} and effect {}; Kubernetes keeps one per key and effect",
+                    t.key, t.effect
+                ));
+            }
+        }
+        if self.image.namespace.is_empty()
+            || !self
+                .image
+                .namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            p.push(format!(
+                "image.namespace: {:?} is not a containerd namespace name",
+                self.image.namespace
+            ));
+        }
+        if self.image.repository.is_empty()
+            || self.image.repository.contains(char::is_whitespace)
+            || self.image.repository.contains(':')
+                && !self
+                    .image
+                    .repository
+                    .split('/')
+                    .next()
+                    .unwrap_or("")
+                    .contains(':')
+        {
+            p.push(format!(
+                "image.repository: {:?} is not an image repository (name without tag)",
+                self.image.repository
+            ));
+        }
+        match (self.image.source, &self.image.location) {
+            (ImageSource::OciLayout | ImageSource::Directory, None) => p.push(format!(
+                "image.location: required when image.source is {}",
+                if self.image.source == ImageSource::OciLayout {
+                    "oci-layout"
+                } else {
+                    "directory"
+                }
+            )),
+            _ => {}
+        }
+        p
+    }
+}
+
+/// Absolute and normalised: no `.`, `..`, empty or trailing components, valid UTF-8.
+fn check_path(path: &Path) -> std::result::Result<(), &'static str> {
+    let Some(s) = path.to_str() else {
+        return Err("is not valid UTF-8");
+    };
+    if !path.is_absolute() {
+        return Err("is not an absolute path");
+    }
+    if s != "/" && (s.ends_with('/') || s.contains("//")) {
+        return Err("is not normalised (doubled or trailing '/')");
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, PathComponent::CurDir | PathComponent::ParentDir))
+        || s.contains("/./")
+        || s.ends_with("/.")
+    {
+        return Err("is not normalised ('.' or '..' in it)");
+    }
+    Ok(())
+}
+
+/// Debian's default NAME_REGEX for users and groups (adduser.conf), at most 32 characters.
+fn check_account_name(name: &str) -> std::result::Result<(), &'static str> {
+    let mut chars = name.chars();
+    let ok_first = matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_');
+    let body = name.strip_suffix('$').unwrap_or(name);
+    let ok_rest = body
+        .chars()
+        .skip(1)
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !ok_first || !ok_rest || name.len() > 32 {
+        return Err("is not a valid user or group name (lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32 characters)");
+    }
+    Ok(())
+}
+
+/// RFC 1123 DNS subdomain, as Kubernetes requires for object names and label prefixes.
+fn check_dns_subdomain(s: &str) -> std::result::Result<(), &'static str> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err("is not a DNS subdomain (lower-case letters, digits, '-' and '.', at most 253 characters)")
+    }
+}
+
+/// A label name part or value: at most 63 of `[A-Za-z0-9_.-]`, alphanumeric at both ends.
+fn is_label_name(s: &str) -> bool {
+    s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// A label (or taint) key: `[prefix/]name`, as Kubernetes validates it.
+pub fn check_label_key(key: &str) -> std::result::Result<(), &'static str> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        if check_dns_subdomain(p).is_err() {
+            return Err("has a prefix that is not a DNS subdomain");
+        }
+    }
+    if !is_label_name(name) {
+        return Err("is not a valid Kubernetes label key (at most 63 of letters, digits, '-', '_', '.', alphanumeric at both ends, with an optional DNS prefix and '/')");
+    }
+    Ok(())
+}
+
+/// A label (or taint) value: empty, or a label name.
+pub fn check_label_value(value: &str) -> std::result::Result<(), &'static str> {
+    if value.is_empty() || is_label_name(value) {
+        Ok(())
+    } else {
+        Err("is not a valid Kubernetes label value (at most 63 of letters, digits, '-', '_', '.', alphanumeric at both ends)")
+    }
+}

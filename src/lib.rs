@@ -1,0 +1,27 @@
+//! mw-experimental: the node side of a MediaWiki-on-Kubernetes test service.
+//!
+//! One binary does every action on a node: Puppet runs `plan`/`apply`, Facter runs `facts`, a
+//! systemd timer runs `sync`, engineers run `status`, `diff` and `reset`. Each capability is one
+//! module; they talk through plain data ([`plan::ComponentPlan`], [`state::State`]).
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod exit_codes;
+pub mod facts;
+pub mod logging;
+pub mod metrics;
+pub mod plan;
+pub mod state;
+pub mod status;
+
+pub mod group;
+pub mod permissions;
+
+pub mod node;
+pub mod render;
+
+pub mod sync;
+
+/// The tool's version, as recorded in the state and the fact.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

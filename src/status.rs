@@ -1,0 +1,90 @@
+//! `status`: a short human overview, from the configuration and the state file only.
+
+use crate::config::Config;
+use crate::state::State;
+use std::fmt::Write as _;
+
+pub fn render(cfg: &Config, state: Option<&State>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "switch:      {}",
+        if cfg.enabled { "on" } else { "off" }
+    );
+    let _ = writeln!(out, "code tree:   {}", cfg.code.path.display());
+    let Some(state) = state else {
+        let _ = writeln!(
+            out,
+            "state:       none yet ({}): run `mw-experimental apply`",
+            cfg.state_file().display()
+        );
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "converged:   {}",
+        if crate::facts::converged(cfg, state) {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    if state.enabled != cfg.enabled {
+        let _ = writeln!(
+            out,
+            "             the last apply ran with the switch {}",
+            if state.enabled { "on" } else { "off" }
+        );
+    }
+    for (name, run) in [
+        ("last apply", &state.last_apply),
+        ("last sync", &state.last_sync),
+    ] {
+        match run {
+            Some(r) => {
+                let _ = writeln!(
+                    out,
+                    "{name:<12} {} {} ({:.1}s){}",
+                    r.at,
+                    r.result,
+                    r.duration_seconds,
+                    r.error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            None => {
+                let _ = writeln!(out, "{name:<12} never");
+            }
+        }
+    }
+    for (c, s) in &state.components {
+        let verdict = match (&s.error, s.converged) {
+            (Some(e), _) => format!("error: {e}"),
+            (None, true) => "converged".to_string(),
+            (None, false) => "not converged".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<12} {verdict} (at {}, {} changed)",
+            format!("{c}:"),
+            s.at,
+            s.changed
+        );
+        for (k, n) in &s.drift {
+            let _ = writeln!(out, "               fixed {n} {k}");
+        }
+        for note in s.plan.notes.iter().take(10) {
+            let _ = writeln!(out, "               note: {note}");
+        }
+        if s.plan.notes.len() > 10 {
+            let _ = writeln!(
+                out,
+                "               ... and {} more notes (--json for all)",
+                s.plan.notes.len() - 10
+            );
+        }
+    }
+    out
+}
