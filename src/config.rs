@@ -349,16 +349,15 @@ impl Config {
                 self.image.repository
             ));
         }
-        match (self.image.source, &self.image.location) {
-            (ImageSource::OciLayout | ImageSource::Directory, None) => p.push(format!(
-                "image.location: required when image.source is {}",
-                if self.image.source == ImageSource::OciLayout {
-                    "oci-layout"
-                } else {
-                    "directory"
-                }
-            )),
-            _ => {}
+        if self.image.source != ImageSource::Containerd && self.image.location.is_none() {
+            let source = if self.image.source == ImageSource::OciLayout {
+                "oci-layout"
+            } else {
+                "directory"
+            };
+            p.push(format!(
+                "image.location: required when image.source is {source}"
+            ));
         }
         p
     }

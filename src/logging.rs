@@ -52,8 +52,7 @@ fn stderr_is_journal() -> bool {
     };
     match rustix::fs::fstat(std::io::stderr()) {
         Ok(st) => {
-            dev.parse::<u64>().ok() == Some(st.st_dev as u64)
-                && ino.parse::<u64>().ok() == Some(st.st_ino as u64)
+            dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
         }
         Err(_) => false,
     }
