@@ -176,11 +176,12 @@ impl Config {
             Config::default()
         } else {
             serde_saphyr::from_str(text).map_err(|e| {
+                let detail = e.to_string().replace("<input>", &path.display().to_string());
                 anyhow::anyhow!(
-                    "invalid configuration {}: {}\nfix the file (Puppet writes it from Hiera: \
-                     profile::mw_experimental::*) and run again",
+                    "invalid configuration {}: {}\nnothing was changed; fix the file (Puppet writes it \
+                     from Hiera: profile::mw_experimental::*) and run again",
                     path.display(),
-                    e
+                    detail.strip_prefix("error: ").unwrap_or(&detail).trim_end()
                 )
             })?
         };
