@@ -33,7 +33,7 @@ pub const SAMPLE: usize = 50;
 
 /// A hook called with a directory's relative path just before it is opened (tests use it to
 /// swap a directory for a symlink at exactly that moment).
-pub type BeforeOpen = dyn Fn(&str) + Sync;
+pub type BeforeOpen<'a> = dyn Fn(&str) + Sync + 'a;
 
 #[derive(Default)]
 pub struct WalkOptions<'a> {
@@ -41,7 +41,7 @@ pub struct WalkOptions<'a> {
     pub apply: bool,
     /// Worker threads; 0: the machine's available parallelism.
     pub threads: usize,
-    pub before_open: Option<&'a BeforeOpen>,
+    pub before_open: Option<&'a BeforeOpen<'a>>,
 }
 
 /// Counters one worker keeps without locks; summed at the end.
@@ -592,4 +592,93 @@ fn create_root(root: &Path, mode: u32) -> Result<()> {
     rustix::fs::mkdir(root, Mode::from_raw_mode(mode & 0o777))
         .with_context(|| format!("creating the code tree {}", root.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn ctimes(root: &Path) -> Vec<(std::path::PathBuf, i64, i64, u32)> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                for e in std::fs::read_dir(&p).unwrap() {
+                    stack.push(e.unwrap().path());
+                }
+            }
+            out.push((p, m.ctime(), m.ctime_nsec(), m.mode()));
+        }
+        out.sort();
+        out
+    }
+
+    /// The walk pauses just before opening `a/victim`; the hook swaps that directory for a
+    /// symlink to a directory outside the tree. The walk must refuse it, report it, and leave
+    /// everything outside exactly as it was.
+    #[test]
+    fn directory_swapped_for_a_symlink_during_the_walk_is_reported_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("tree");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(root.join("a/victim/sub")).unwrap();
+        std::fs::write(root.join("a/victim/sub/f.php"), "x").unwrap();
+        std::fs::write(root.join("a/keep.php"), "x").unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "s").unwrap();
+        let before = ctimes(&outside);
+        let policy = Policy {
+            root: root.clone(),
+            owner_uid: 0,
+            gid: 45_678,
+            root_mode: 0o2775,
+        };
+        let hook = |rel: &str| {
+            if rel == "a/victim" {
+                std::fs::rename(root.join("a/victim"), tmp.path().join("moved")).unwrap();
+                std::os::unix::fs::symlink(&outside, root.join("a/victim")).unwrap();
+            }
+        };
+        let opts = WalkOptions {
+            apply: true,
+            threads: 2,
+            before_open: Some(&hook),
+        };
+        let out = run(&policy, &opts).unwrap();
+        assert_eq!(out.changed_during_walk(), 1, "{out:?}");
+        assert!(
+            out.notes
+                .iter()
+                .any(|n| n.contains("a/victim") && n.contains("replaced")),
+            "{:?}",
+            out.notes
+        );
+        assert_eq!(before, ctimes(&outside), "something outside was written");
+        assert_eq!(
+            rustix::fs::getxattr(&outside, crate::acl::DEFAULT, &mut [0u8; 64][..]),
+            Err(Errno::NODATA)
+        );
+        // The moved-away directory was never reached either (it was not yet opened).
+        assert_eq!(
+            rustix::fs::getxattr(
+                tmp.path().join("moved"),
+                crate::acl::DEFAULT,
+                &mut [0u8; 64][..]
+            ),
+            Err(Errno::NODATA)
+        );
+        // The rest of the tree was converged.
+        assert!(
+            rustix::fs::getxattr(root.join("a"), crate::acl::DEFAULT, &mut [0u8; 64][..]).is_ok()
+        );
+        let again = run(&policy, &WalkOptions::default()).unwrap();
+        assert!(
+            again.counts().values().all(|&n| n == 0),
+            "{:?}",
+            again.counts()
+        );
+        assert_eq!(again.symlinks(), 1);
+    }
 }
