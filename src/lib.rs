@@ -15,8 +15,10 @@ pub mod plan;
 pub mod state;
 pub mod status;
 
+pub mod acl;
 pub mod group;
 pub mod permissions;
+pub mod walk;
 
 pub mod node;
 pub mod render;

@@ -4,3 +4,7 @@
 mod support;
 
 mod cli;
+mod support_perm;
+
+mod group;
+mod permissions;
