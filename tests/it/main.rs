@@ -2,5 +2,9 @@
 //! They run the real binary against real tools; see `support` for the world each test builds.
 
 mod support;
+mod support_kube;
 
 mod cli;
+mod kube_api;
+mod node;
+mod render;
