@@ -299,3 +299,64 @@ fn a_missing_kubectl_is_a_clear_error() {
         .stderr_has(&name);
     assert!(api.log().is_empty());
 }
+
+/// The test API server itself, driven by kubectl's own label and taint commands (which send
+/// strategic merge patches): labels merge by key and `key-` deletes, and a taint change
+/// replaces the whole list, which kubectl computes from what it read.
+#[test]
+fn the_test_api_server_speaks_strategic_merge_patch_to_kubectl() {
+    let name = node_name();
+    let api = ApiServer::start(vec![node(
+        &name,
+        &[("a", "1")],
+        &[("x", "y", "NoSchedule")],
+    )]);
+    let kubectl_out = |args: &[&str]| {
+        Out::of(
+            std::process::Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(api.kubeconfig())
+                .env(
+                    "KUBECACHEDIR",
+                    api.kubeconfig().parent().unwrap().join("kubectl-cache"),
+                )
+                .args(args)
+                .output()
+                .expect("run kubectl"),
+        )
+    };
+    let kubectl = |args: &[&str]| kubectl_out(args).code(0).stdout.clone();
+    kubectl(&["label", "node", &name, "b=2"]);
+    kubectl(&["label", "node", &name, "a-"]);
+    kubectl(&["taint", "node", &name, "z=w:NoExecute"]);
+    kubectl(&["taint", "node", &name, "x=y:NoSchedule-"]);
+    let labels = api.labels(&name);
+    assert_eq!(labels.get("b").map(String::as_str), Some("2"));
+    assert!(!labels.contains_key("a"));
+    assert_eq!(api.taints(&name), vec!["z=w:NoExecute"]);
+    let kinds: Vec<String> = api
+        .patches(&name)
+        .into_iter()
+        .map(|r| r.content_type)
+        .collect();
+    assert!(
+        kinds
+            .iter()
+            .any(|k| k == "application/strategic-merge-patch+json"),
+        "{kinds:?}"
+    );
+    // A duplicate taint (same key and effect) is refused as the real server refuses it.
+    let out = kubectl_out(&[
+        "patch",
+        "node",
+        &name,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"taints":[{"key":"k","effect":"NoSchedule"},{"key":"k","value":"v","effect":"NoSchedule"}]}}"#,
+    ]);
+    out.code(1).stderr_has("Duplicate value");
+    // Unknown nodes get a real NotFound Status.
+    let out = kubectl_out(&["get", "node", "no-such-node"]);
+    out.code(1)
+        .stderr_has("Error from server (NotFound): nodes \"no-such-node\" not found");
+}
