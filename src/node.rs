@@ -251,8 +251,11 @@ impl Drift {
             notes: self.notes,
             ..Default::default()
         };
-        plan.counts.insert("label".into(), self.label_changes);
-        plan.counts.insert("taint".into(), self.taint_changes);
+        for (kind, n) in [("label", self.label_changes), ("taint", self.taint_changes)] {
+            if n > 0 {
+                plan.counts.insert(kind.into(), n);
+            }
+        }
         plan.changes = self.changes;
         let present = |o: &Value, k: &str| o[k].as_array().map_or(0, Vec::len) as f64;
         plan.metrics.insert(
