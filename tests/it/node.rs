@@ -207,6 +207,11 @@ fn fails_cleanly(fault: Fault, cause: &str) {
             out.stderr
         );
     }
+    let left = processes_using(api.kubeconfig());
+    assert!(
+        left.is_empty(),
+        "kubectl still runs after {fault:?}: {left:?}"
+    );
     let t = Instant::now();
     let fact = w.run(&["facts"]);
     let took = t.elapsed();
@@ -223,6 +228,21 @@ fn fails_cleanly(fault: Fault, cause: &str) {
     assert_eq!(fact["mw_experimental"]["converged"], false);
     api.set_fault(Fault::None);
     assert!(api.patches(&name).is_empty());
+}
+
+/// The command lines of running processes that name `path` (kubectl runs that outlived us).
+fn processes_using(path: &std::path::Path) -> Vec<String> {
+    let needle = path.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&needle) {
+                out.push(cmd);
+            }
+        }
+    }
+    out
 }
 
 #[test]
