@@ -100,6 +100,9 @@ pub fn node(name: &str, labels: &[(&str, &str)], taints: &[(&str, &str, &str)]) 
             if !v.is_empty() {
                 t["value"] = json!(v);
             }
+            if *e == "NoExecute" {
+                t["timeAdded"] = json!("2025-12-31T00:00:00Z");
+            }
             t
         })
         .collect();
@@ -717,6 +720,16 @@ fn patch_node(req: &Request, shared: &Shared, name: &str, fault: Fault) -> (u16,
             json!({"name": name, "kind": "Node",
                    "causes": [{"reason": "FieldValueInvalid", "message": e, "field": field}]}),
         );
+    }
+    // NoExecute taints carry the time they were added (the taint manager counts
+    // tolerationSeconds from it); stamp the ones that come without, so that clients must not
+    // take the field for drift.
+    if let Some(taints) = next["spec"]["taints"].as_array_mut() {
+        for t in taints {
+            if t["effect"] == "NoExecute" && t.get("timeAdded").is_none_or(Value::is_null) {
+                t["timeAdded"] = json!("2026-01-01T00:00:00Z");
+            }
+        }
     }
     // Fields the client may not change.
     next["metadata"]["name"] = json!(name);
