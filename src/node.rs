@@ -67,9 +67,8 @@ pub fn apply(cfg: &Config) -> Result<ComponentPlan> {
                         left.summary()
                     );
                 }
-                let mut plan = drift.plan(cfg, &name, &after);
-                plan.observed = observed(cfg, &name, &after);
-                return Ok(plan);
+                // What changed, and the Node as the API server now holds it.
+                return Ok(drift.plan(cfg, &name, &after));
             }
         }
     }
