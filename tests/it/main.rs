@@ -2,9 +2,13 @@
 //! They run the real binary against real tools; see `support` for the world each test builds.
 
 mod support;
+mod support_kube;
 
 mod cli;
 mod support_perm;
 
 mod group;
 mod permissions;
+mod kube_api;
+mod node;
+mod render;
