@@ -743,7 +743,7 @@ fn recover(cfg: &Config) -> Result<()> {
         }
         if let Opened::Dir(d) = dc.open(parent)? {
             if let Some(st) = fsat::lstat_at(d, name)? {
-                if kind_of(&st) == Some(Kind::File)
+                if matches!(kind_of(&st), Some(Kind::File) | Some(Kind::Symlink))
                     && rustix::fs::unlinkat(d, name, AtFlags::empty()).is_ok()
                 {
                     n += 1;
@@ -1122,7 +1122,11 @@ impl<'a> Engine<'a> {
                 return Ok(());
             }
             Opened::Blocked(b) => {
-                self.keep(p, &format!("{b} is a symlink or a file in the live tree"));
+                // When the image itself turned that directory into a file or symlink (and an
+                // interrupted run already put it there), its old children are simply gone.
+                if self.tree.get(&b).is_none_or(|e| e.kind == Kind::Dir) {
+                    self.keep(p, &format!("{b} is a symlink or a file in the live tree"));
+                }
                 self.new.entries.remove(p);
                 return Ok(());
             }
@@ -1239,7 +1243,9 @@ impl<'a> Engine<'a> {
                 }
                 backup = true;
             }
-        } else if m.is_some() && !self.opts.force {
+        } else if m.as_ref().is_some_and(|m| m.e.kind == e.kind) && !self.opts.force {
+            // Gone here while the image still has it as the same type: an engineer deleted it.
+            // (When the type changed, a missing entry is an interrupted replacement: go on.)
             self.keep(p, "deleted here (--force or reset to restore it)");
             return Ok((e.kind == Kind::Dir).then(|| p.to_string()));
         }
