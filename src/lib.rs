@@ -23,6 +23,8 @@ pub mod walk;
 pub mod node;
 pub mod render;
 
+pub mod fsat;
+pub mod image;
 pub mod sync;
 
 /// The tool's version, as recorded in the state and the fact.

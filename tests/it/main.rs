@@ -12,3 +12,5 @@ mod permissions;
 mod kube_api;
 mod node;
 mod render;
+mod containerd;
+mod sync;
