@@ -1,0 +1,3 @@
+# @summary A Kubernetes Node object's name: a lower-case DNS subdomain (RFC 1123), at most 253
+#   characters.
+type Mw_experimental::Node_name = Pattern[/\A[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\z/]

@@ -1,0 +1,3 @@
+# @summary An absolute, normalised path, as the binary requires: no empty, `.` or `..` component
+#   and no trailing `/`.
+type Mw_experimental::Path = Pattern[/\A(\/(?!\.\.?(\/|\z))[^\/\0\n]+)+\z/]
