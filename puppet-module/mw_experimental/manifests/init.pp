@@ -1,6 +1,7 @@
-# @summary
-#   An mw-experimental Kubernetes worker: the package, the configuration, the external fact, one
-#   converging run of `mw-experimental apply` and the code refresh timer.
+# @summary An mw-experimental Kubernetes worker: package, configuration, fact, apply, timer.
+#
+# The package, the configuration, the external fact, one converging run of
+# `mw-experimental apply` and the code refresh timer.
 #
 # Everything on the node is done by the `mw-experimental` binary; this class only writes its
 # configuration (from these parameters, which mirror the configuration file's keys) and runs it.

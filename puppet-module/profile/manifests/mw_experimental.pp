@@ -1,7 +1,8 @@
-# @summary
-#   The mw-experimental node side, WMF style: every parameter comes from Hiera
-#   (`profile::mw_experimental::<name>`; the defaults, with the switch `enabled` off, are in
-#   common.yaml) and goes unchanged to the component module, which does the work.
+# @summary The mw-experimental node side, WMF style: class mw_experimental with Hiera's values.
+#
+# Every parameter comes from Hiera (`profile::mw_experimental::<name>`; the defaults, with the
+# switch `enabled` off, are in common.yaml) and goes unchanged to the component module, which
+# does the work.
 #
 # The kubeconfig is a secret: Hiera's `lookup_options` in common.yaml make it Sensitive. It is the
 # one key without a default in common.yaml (a null would become Sensitive[Undef]): unset, no
