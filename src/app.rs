@@ -18,9 +18,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Facts = cli.command {
         return Ok(print_fact(cli.config.as_deref()));
     }
+    if let Command::Generate { what } = &cli.command {
+        crate::cli::generate(what)?;
+        return Ok(ExitCode::Ok);
+    }
     let cfg = load_config(cli.config.as_deref())?;
     match cli.command {
-        Command::Facts => unreachable!(),
+        Command::Facts | Command::Generate { .. } => unreachable!(),
         Command::Config => {
             let out = if cli.json {
                 serde_json::to_string_pretty(&cfg)? + "\n"

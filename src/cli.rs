@@ -83,6 +83,41 @@ pub enum Command {
     },
     /// Print the effective configuration.
     Config,
+    /// For packaging: the man pages and the shell completion scripts.
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generated,
+    },
+}
+
+/// What `generate` makes.
+#[derive(Debug, Subcommand)]
+pub enum Generated {
+    /// Write mw-experimental.1 and one page per command (mw-experimental-plan.1, ...) into DIR.
+    Man { dir: PathBuf },
+    /// Print the completion script for SHELL on stdout.
+    Completion { shell: clap_complete::Shell },
+}
+
+/// Does what `generate` asked for: man pages into a directory, or a completion script on stdout.
+pub fn generate(what: &Generated) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut cmd = Cli::command();
+    match what {
+        Generated::Man { dir } => clap_mangen::generate_to(cmd, dir)
+            .with_context(|| format!("writing the man pages into {}", dir.display())),
+        Generated::Completion { shell } => {
+            // Rendered into memory first: clap_complete panics on a failed write (closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "mw-experimental", &mut script);
+            std::io::stdout()
+                .write_all(&script)
+                .with_context(|| format!("printing the {shell} completion script"))
+        }
+    }
 }
 
 /// The program: parse, run, print an error once with its whole chain, exit.

@@ -14,3 +14,4 @@ mod node;
 mod render;
 mod containerd;
 mod sync;
+mod packaging;

@@ -1,0 +1,250 @@
+# @summary An mw-experimental Kubernetes worker: package, configuration, fact, apply, timer.
+#
+# The package, the configuration, the external fact, one converging run of
+# `mw-experimental apply` and the code refresh timer.
+#
+# Everything on the node is done by the `mw-experimental` binary; this class only writes its
+# configuration (from these parameters, which mirror the configuration file's keys) and runs it.
+# The `exec` is idempotent: `mw-experimental plan` is its `unless` (exit 0 means converged), so a
+# converged node sees no change and no `apply`.
+#
+# The switch is `enabled`. Off: `apply` still runs, and removes the managed node labels and taints
+# (and only those); the timer is disabled and stopped; the code tree and the deployer group are
+# left exactly as they are.
+#
+# @example The WMF profile does this, with every value from Hiera
+#   class { 'mw_experimental':
+#     enabled           => true,
+#     deployers_members => ['alice', 'bob'],
+#     kubeconfig        => Sensitive($kubeconfig_text),
+#   }
+#
+# @param enabled
+#   The switch. On: deployer group, code tree permissions, node labels and taints, timer running.
+#   Off: labels and taints removed, timer stopped; the tree and the group stay.
+# @param node_name
+#   The Kubernetes Node object's name; `undef`: this host's name as the kubelet registers it.
+# @param code_path
+#   The code tree that engineers edit and the pods mount (`code.path`).
+# @param code_owner
+#   The owner of the tree's root directory (`code.owner`).
+# @param code_mode
+#   The tree root's mode, four octal digits as a string (`code.mode`).
+# @param deployers_group
+#   The group whose members may edit the tree (`deployers.group`).
+# @param deployers_gid
+#   That group's fixed gid (`deployers.gid`).
+# @param deployers_members
+#   Users put into that group; users that do not exist are reported, not fatal (`deployers.members`).
+# @param kubectl
+#   The kubectl command: a name found in PATH or an absolute path (`kubernetes.kubectl`).
+# @param kubeconfig
+#   The kubeconfig's content, written to `${config_dir}/kubeconfig` (mode 0600, never diffed nor
+#   logged); `undef`: no kubeconfig file, kubectl's own default applies.
+# @param kubernetes_timeout
+#   The bound on each API request, in seconds (`kubernetes.timeout_seconds`).
+# @param labels
+#   The node labels that are managed: set when on, removed when off (`kubernetes.labels`).
+# @param taints
+#   The node taints that are managed: set when on, removed when off (`kubernetes.taints`).
+# @param image_source
+#   Where `sync` takes the tree from (`image.source`).
+# @param image_containerd_address
+#   containerd's socket, for the containerd source (`image.containerd_address`).
+# @param image_namespace
+#   containerd's namespace that holds the kubelet's images (`image.namespace`).
+# @param image_repository
+#   The image repository, without tag, whose newest image is synced (`image.repository`).
+# @param image_path
+#   The tree's path inside the image (`image.path`).
+# @param image_location
+#   The OCI layout or directory, for those sources (`image.location`).
+# @param state_dir
+#   Where the binary keeps its state, lock and the image digests (`state_dir`).
+# @param metrics_file
+#   The Prometheus node-exporter textfile it writes (`metrics_file`).
+# @param manage_package
+#   Whether to install the `mw-experimental` package (false: it is installed some other way).
+# @param package_ensure
+#   The package's `ensure`: `present`, `latest` or a version.
+# @param start_timer
+#   Whether to start or stop the timer as well as enable or disable it. Needs systemd as PID 1
+#   (Puppet's systemd service provider). False, where systemd does not run (containers, CI): the
+#   timer is only enabled or disabled, with `systemctl`'s offline mode.
+# @param binary
+#   The `mw-experimental` executable.
+# @param config_dir
+#   The directory of `config.yaml` and `kubeconfig`.
+# @param facts_dir
+#   Facter's external facts directory, where the fact `mw_experimental` is linked to the binary.
+# @param exec_timeout
+#   The bound on `mw-experimental plan` and `apply` in the exec, in seconds (a first run walks the
+#   whole tree).
+class mw_experimental (
+  Boolean $enabled = false,
+  Optional[Mw_experimental::Node_name] $node_name = undef,
+  Mw_experimental::Path $code_path = '/srv/mediawiki',
+  Mw_experimental::Account $code_owner = 'mwdeploy',
+  Pattern[/\A[0-7]{1,4}\z/] $code_mode = '2775',
+  Mw_experimental::Account $deployers_group = 'deployment',
+  Integer[1, 65533] $deployers_gid = 705,
+  Array[Mw_experimental::Account] $deployers_members = [],
+  String[1] $kubectl = 'kubectl',
+  Optional[Sensitive[String[1]]] $kubeconfig = undef,
+  Integer[1, 300] $kubernetes_timeout = 10,
+  Hash[String[1], String] $labels = { 'dedicated' => 'mw-experimental' },
+  Array[Mw_experimental::Taint] $taints = [
+    { 'key' => 'dedicated', 'value' => 'mw-experimental', 'effect' => 'NoSchedule' },
+    { 'key' => 'dedicated', 'value' => 'mw-experimental', 'effect' => 'NoExecute' },
+  ],
+  Enum['containerd', 'oci-layout', 'directory'] $image_source = 'containerd',
+  Mw_experimental::Path $image_containerd_address = '/run/containerd/containerd.sock',
+  String[1] $image_namespace = 'k8s.io',
+  String[1] $image_repository = 'docker-registry.discovery.wmnet/restricted/mediawiki-multiversion',
+  Mw_experimental::Path $image_path = '/srv/mediawiki',
+  Optional[Mw_experimental::Path] $image_location = undef,
+  Mw_experimental::Path $state_dir = '/var/lib/mw-experimental',
+  Mw_experimental::Path $metrics_file = '/var/lib/prometheus/node.d/mw_experimental.prom',
+  Boolean $manage_package = true,
+  Mw_experimental::Package_ensure $package_ensure = 'present',
+  Boolean $start_timer = true,
+  Mw_experimental::Path $binary = '/usr/bin/mw-experimental',
+  Mw_experimental::Path $config_dir = '/etc/mw-experimental',
+  Mw_experimental::Path $facts_dir = '/etc/facter/facts.d',
+  Integer[1] $exec_timeout = 1800,
+) {
+  $config_file = "${config_dir}/config.yaml"
+  $kubeconfig_file = "${config_dir}/kubeconfig"
+  $timer = 'mw-experimental-sync.timer'
+
+  if $manage_package {
+    package { 'mw-experimental':
+      ensure => $package_ensure,
+      before => [File[$config_file], File["${facts_dir}/mw_experimental"], Exec['mw-experimental apply']],
+    }
+  }
+
+  # The binary's configuration, key for key (DESIGN.md). It holds no secret: engineers read it
+  # when they run `mw-experimental status`, so it is world-readable. Unset optional keys are left
+  # out, so the binary's defaults apply.
+  $config = {
+    'enabled'      => $enabled,
+    'node_name'    => $node_name,
+    'code'         => {
+      'path'  => $code_path,
+      'owner' => $code_owner,
+      'mode'  => $code_mode,
+    },
+    'deployers'    => {
+      'group'   => $deployers_group,
+      'gid'     => $deployers_gid,
+      'members' => $deployers_members,
+    },
+    'kubernetes'   => {
+      'kubectl'         => $kubectl,
+      'kubeconfig'      => $kubeconfig.then |$_| { $kubeconfig_file },
+      'timeout_seconds' => $kubernetes_timeout,
+      'labels'          => $labels,
+      'taints'          => $taints,
+    }.filter |$key, $value| { $value =~ NotUndef },
+    'image'        => {
+      'source'             => $image_source,
+      'containerd_address' => $image_containerd_address,
+      'namespace'          => $image_namespace,
+      'repository'         => $image_repository,
+      'path'               => $image_path,
+      'location'           => $image_location,
+    }.filter |$key, $value| { $value =~ NotUndef },
+    'state_dir'    => $state_dir,
+    'metrics_file' => $metrics_file,
+  }.filter |$key, $value| { $value =~ NotUndef }
+
+  file { $config_dir:
+    ensure => directory,
+    owner  => 'root',
+    group  => 'root',
+    mode   => '0755',
+  }
+
+  file { $config_file:
+    ensure  => file,
+    owner   => 'root',
+    group   => 'root',
+    mode    => '0644',
+    content => "# Managed by Puppet (class mw_experimental); local edits are overwritten.\n${to_yaml($config)}",
+  }
+
+  # The credentials to the API server: root only, and never in a diff, a log or a report.
+  if $kubeconfig =~ Undef {
+    file { $kubeconfig_file:
+      ensure => absent,
+    }
+  } else {
+    file { $kubeconfig_file:
+      ensure    => file,
+      owner     => 'root',
+      group     => 'root',
+      mode      => '0600',
+      content   => $kubeconfig,
+      show_diff => false,
+      before    => Exec['mw-experimental apply'],
+    }
+  }
+
+  # Invoked as `mw_experimental`, the binary is the external fact (it reads only the state file).
+  ensure_resource('file', $facts_dir, { 'ensure' => 'directory' })
+  file { "${facts_dir}/mw_experimental":
+    ensure => link,
+    target => $binary,
+  }
+
+  # The converging run. `plan` exits 0 when converged, 1 when changes are pending, 2 on error; on 1
+  # or 2 `apply` runs, and an error fails this resource with the tool's message in the output.
+  exec { 'mw-experimental apply':
+    command   => [$binary, '--config', $config_file, 'apply'],
+    unless    => [[$binary, '--config', $config_file, 'plan']],
+    timeout   => $exec_timeout,
+    logoutput => true,
+    require   => File[$config_file],
+  }
+
+  # The code refresh timer: on after a converged apply (sync needs the group and the tree), off
+  # before the apply that removes the labels.
+  if $start_timer {
+    $timer_ensure = $enabled ? { true => 'running', default => 'stopped' }
+    service { $timer:
+      ensure   => $timer_ensure,
+      enable   => $enabled,
+      provider => 'systemd',
+    }
+    $timer_resource = Service[$timer]
+  } else {
+    # Without systemd as PID 1 Puppet's systemd provider is not functional (and the service type
+    # would fall back to update-rc.d), so only the enablement is managed, with systemctl's offline
+    # mode, which edits the [Install] symlinks without a running systemd.
+    $systemctl = ['/usr/bin', '/bin']
+    if $enabled {
+      exec { "systemctl enable ${timer}":
+        command => ['systemctl', 'enable', $timer],
+        unless  => [['systemctl', 'is-enabled', '--quiet', $timer]],
+        path    => $systemctl,
+      }
+      $timer_resource = Exec["systemctl enable ${timer}"]
+    } else {
+      exec { "systemctl disable ${timer}":
+        command => ['systemctl', 'disable', $timer],
+        onlyif  => [['systemctl', 'is-enabled', '--quiet', $timer]],
+        path    => $systemctl,
+      }
+      $timer_resource = Exec["systemctl disable ${timer}"]
+    }
+  }
+  if $manage_package {
+    Package['mw-experimental'] -> $timer_resource
+  }
+  if $enabled {
+    Exec['mw-experimental apply'] -> $timer_resource
+  } else {
+    $timer_resource -> Exec['mw-experimental apply']
+  }
+}

@@ -1,0 +1,190 @@
+# frozen_string_literal: true
+
+require 'spec_helper'
+
+describe 'mw_experimental' do
+  let(:config) { '/etc/mw-experimental/config.yaml' }
+  let(:kubeconfig) { '/etc/mw-experimental/kubeconfig' }
+  let(:timer) { 'mw-experimental-sync.timer' }
+  let(:apply) { ['/usr/bin/mw-experimental', '--config', config, 'apply'] }
+  let(:plan) { ['/usr/bin/mw-experimental', '--config', config, 'plan'] }
+
+  context 'with the defaults: the switch off' do
+    it { is_expected.to compile.with_all_deps }
+    it { is_expected.to contain_package('mw-experimental').with_ensure('present') }
+
+    it 'writes every configuration key, with the switch off and no kubeconfig' do
+      file = catalogue.resource('File', config)
+      expect(file[:mode]).to eq('0644')
+      expect(file[:content]).to start_with("# Managed by Puppet")
+      expect(config_yaml(file[:content])).to eq(
+        'enabled' => false,
+        'code' => { 'path' => '/srv/mediawiki', 'owner' => 'mwdeploy', 'mode' => '2775' },
+        'deployers' => { 'group' => 'deployment', 'gid' => 705, 'members' => [] },
+        'kubernetes' => {
+          'kubectl' => 'kubectl',
+          'timeout_seconds' => 10,
+          'labels' => { 'dedicated' => 'mw-experimental' },
+          'taints' => [
+            { 'key' => 'dedicated', 'value' => 'mw-experimental', 'effect' => 'NoSchedule' },
+            { 'key' => 'dedicated', 'value' => 'mw-experimental', 'effect' => 'NoExecute' },
+          ],
+        },
+        'image' => {
+          'source' => 'containerd',
+          'containerd_address' => '/run/containerd/containerd.sock',
+          'namespace' => 'k8s.io',
+          'repository' => 'docker-registry.discovery.wmnet/restricted/mediawiki-multiversion',
+          'path' => '/srv/mediawiki',
+        },
+        'state_dir' => '/var/lib/mw-experimental',
+        'metrics_file' => '/var/lib/prometheus/node.d/mw_experimental.prom',
+      )
+    end
+
+    it { is_expected.to contain_file(kubeconfig).with_ensure('absent') }
+
+    it 'links the external fact to the binary' do
+      is_expected.to contain_file('/etc/facter/facts.d/mw_experimental')
+        .with_ensure('link').with_target('/usr/bin/mw-experimental')
+      is_expected.to contain_file('/etc/facter/facts.d').with_ensure('directory')
+    end
+
+    it 'still runs apply (which removes the labels and taints), checked by plan, bounded' do
+      is_expected.to contain_exec('mw-experimental apply').with(
+        command: apply,
+        unless: [plan],
+        timeout: 1800,
+        logoutput: true,
+      ).that_requires("File[#{config}]").that_requires('Package[mw-experimental]')
+    end
+
+    it 'stops and disables the timer, before the apply' do
+      is_expected.to contain_service(timer)
+        .with(ensure: 'stopped', enable: false, provider: 'systemd')
+        .that_comes_before('Exec[mw-experimental apply]')
+    end
+
+    it 'never manages the code tree: engineers’ work stays' do
+      expect(catalogue.resource('File', '/srv/mediawiki')).to be_nil
+    end
+  end
+
+  context 'with the switch on and a kubeconfig' do
+    let(:params) do
+      {
+        enabled: true,
+        node_name: 'wikikube-worker-exp1001.eqiad.wmnet',
+        deployers_members: ['alice', 'bob'],
+        kubeconfig: sensitive("apiVersion: v1\nusers:\n- user: {token: s3cr3t-token}\n"),
+      }
+    end
+
+    it { is_expected.to compile.with_all_deps }
+
+    it 'writes the kubeconfig root-only, as a sensitive value, never diffed' do
+      is_expected.to contain_file(kubeconfig).with(
+        ensure: 'file', owner: 'root', group: 'root', mode: '0600', show_diff: false,
+        content: sensitive("apiVersion: v1\nusers:\n- user: {token: s3cr3t-token}\n"),
+      ).that_comes_before('Exec[mw-experimental apply]')
+      expect(catalogue.resource('File', kubeconfig).sensitive_parameters).to include(:content)
+    end
+
+    it 'points the configuration at the kubeconfig file, without the secret in it' do
+      content = catalogue.resource('File', config)[:content]
+      expect(content).not_to include('s3cr3t-token')
+      cfg = config_yaml(content)
+      expect(cfg['enabled']).to be(true)
+      expect(cfg['node_name']).to eq('wikikube-worker-exp1001.eqiad.wmnet')
+      expect(cfg['deployers']['members']).to eq(['alice', 'bob'])
+      expect(cfg['kubernetes']['kubeconfig']).to eq(kubeconfig)
+    end
+
+    it 'carries the secret only in parameters marked sensitive (redacted in reports and logs)' do
+      leaks = catalogue.resources.flat_map do |r|
+        r.to_hash.select { |k, v| Array(v).flatten.any? { |x| x.to_s.include?('s3cr3t-token') } }
+         .keys.reject { |k| r.sensitive_parameters.include?(k) }.map { |k| "#{r.ref}[#{k}]" }
+      end
+      expect(leaks).to eq([])
+    end
+
+    it 'starts and enables the timer after a converged apply' do
+      is_expected.to contain_service(timer)
+        .with(ensure: 'running', enable: true, provider: 'systemd')
+        .that_requires('Exec[mw-experimental apply]')
+        .that_requires('Package[mw-experimental]')
+    end
+  end
+
+  context 'without systemd as PID 1 (start_timer false), switch on' do
+    let(:params) { { enabled: true, start_timer: false, manage_package: false } }
+
+    it { is_expected.to compile.with_all_deps }
+    it { is_expected.not_to contain_service(timer) }
+    it { is_expected.not_to contain_package('mw-experimental') }
+
+    it 'only enables the timer, with systemctl offline, checked by its exit code' do
+      is_expected.to contain_exec("systemctl enable #{timer}").with(
+        command: ['systemctl', 'enable', timer],
+        unless: [['systemctl', 'is-enabled', '--quiet', timer]],
+      ).that_requires('Exec[mw-experimental apply]')
+    end
+  end
+
+  context 'without systemd as PID 1 (start_timer false), switch off' do
+    let(:params) { { enabled: false, start_timer: false } }
+
+    it 'disables the timer if it is enabled, before the apply' do
+      is_expected.to contain_exec("systemctl disable #{timer}").with(
+        command: ['systemctl', 'disable', timer],
+        onlyif: [['systemctl', 'is-enabled', '--quiet', timer]],
+      ).that_comes_before('Exec[mw-experimental apply]')
+    end
+  end
+
+  context 'with paths for a test world' do
+    let(:params) do
+      {
+        binary: '/opt/mwx/bin/mw-experimental', config_dir: '/tmp/mwx/etc', facts_dir: '/tmp/mwx/facts.d',
+        image_source: 'oci-layout', image_location: '/tmp/mwx/layout', exec_timeout: 60
+      }
+    end
+
+    it 'runs that binary with that config, and links the fact in that directory' do
+      is_expected.to contain_exec('mw-experimental apply').with(
+        command: ['/opt/mwx/bin/mw-experimental', '--config', '/tmp/mwx/etc/config.yaml', 'apply'],
+        unless: [['/opt/mwx/bin/mw-experimental', '--config', '/tmp/mwx/etc/config.yaml', 'plan']],
+        timeout: 60,
+      )
+      is_expected.to contain_file('/tmp/mwx/facts.d/mw_experimental').with_target('/opt/mwx/bin/mw-experimental')
+      image = config_yaml(catalogue.resource('File', '/tmp/mwx/etc/config.yaml')[:content])['image']
+      expect(image).to include('source' => 'oci-layout', 'location' => '/tmp/mwx/layout')
+    end
+  end
+
+  context 'with bad values, rejected before anything is applied' do
+    {
+      code_mode: '2779',
+      code_path: '/srv/mediawiki/',
+      state_dir: '/var/lib/../tmp',
+      node_name: 'Worker_1',
+      deployers_gid: 70_000,
+      deployers_group: 'Deploy Ment',
+      kubernetes_timeout: 0,
+      image_source: 'registry',
+      taints: [{ 'key' => 'dedicated', 'effect' => 'Sometimes' }],
+    }.each do |name, value|
+      context "#{name} => #{value.inspect}" do
+        let(:params) { { name => value } }
+
+        it { is_expected.to compile.and_raise_error(%r{parameter '#{name}'}) }
+      end
+    end
+
+    context 'a kubeconfig that is not Sensitive' do
+      let(:params) { { kubeconfig: 'apiVersion: v1' } }
+
+      it { is_expected.to compile.and_raise_error(%r{parameter 'kubeconfig' expects a value of type Undef or Sensitive}) }
+    end
+  end
+end
