@@ -308,12 +308,19 @@ enum Patched {
     Conflict(String),
 }
 
-/// kubectl, run for one Node within one overall deadline.
+/// How many `timeout_seconds` the whole component may take: a read, a write, and a retry after
+/// a conflict fit; a Puppet run never waits longer than this on the API server.
+const BUDGET_TIMEOUTS: u32 = 3;
+
+/// kubectl, run for one Node: each run bounded by `timeout_seconds`, all of them together by
+/// `BUDGET_TIMEOUTS` times that.
 struct Kubectl<'a> {
     cfg: &'a Config,
     node: &'a str,
-    /// When the whole component must be done: `timeout_seconds` after it started.
+    /// When the whole component must be done.
     deadline: Instant,
+    /// The longest one kubectl run may take.
+    per_run: Duration,
 }
 
 /// A finished kubectl run.
@@ -329,7 +336,9 @@ impl<'a> Kubectl<'a> {
         Kubectl {
             cfg,
             node,
-            deadline: Instant::now() + Duration::from_secs(cfg.kubernetes.timeout_seconds),
+            deadline: Instant::now()
+                + Duration::from_secs(cfg.kubernetes.timeout_seconds) * BUDGET_TIMEOUTS,
+            per_run: Duration::from_secs(cfg.kubernetes.timeout_seconds),
         }
     }
 
@@ -407,11 +416,13 @@ impl<'a> Kubectl<'a> {
     /// Runs kubectl with `args`, bounded by the deadline; `what` names the action in errors.
     fn run(&self, what: &str, args: &[&str]) -> Result<Ran> {
         let program = &self.cfg.kubernetes.kubectl;
-        let left = self.deadline.saturating_duration_since(Instant::now());
+        let now = Instant::now();
+        let deadline = self.deadline.min(now + self.per_run);
+        let left = deadline.saturating_duration_since(now);
         if left.is_zero() {
             bail!(
-                "{what}: no time left of kubernetes.timeout_seconds ({}s)",
-                self.cfg.kubernetes.timeout_seconds
+                "{what}: the node component used up its {}s ({BUDGET_TIMEOUTS} x kubernetes.timeout_seconds); the API server is too slow, run again later",
+                self.per_run.as_secs() * u64::from(BUDGET_TIMEOUTS)
             );
         }
         let mut cmd = Command::new(program);
@@ -463,7 +474,7 @@ impl<'a> Kubectl<'a> {
         drop(tx);
         // The hard limit: a little after the request timeout that kubectl was given, so that its
         // own message wins when it keeps to it.
-        let hard = self.deadline + Duration::from_millis(500);
+        let hard = deadline + Duration::from_millis(500);
         let status = loop {
             if let Some(status) = child
                 .try_wait()
@@ -496,7 +507,8 @@ impl<'a> Kubectl<'a> {
         let Some(status) = status else {
             let said = cause(&stderr);
             bail!(
-                "{what}: kubectl did not finish within kubernetes.timeout_seconds ({}s) and was killed{}; check that the API server in {} is reachable and answering",
+                "{what}: kubectl did not finish within {}s (kubernetes.timeout_seconds: {}) and was killed{}; check that the API server in {} is reachable and answering",
+                left.as_millis().div_ceil(1000),
                 self.cfg.kubernetes.timeout_seconds,
                 if said.is_empty() { String::new() } else { format!(" (it said: {said})") },
                 self.kubeconfig_name()

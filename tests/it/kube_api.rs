@@ -78,7 +78,6 @@ pub struct ApiServer {
     accept: Option<JoinHandle<()>>,
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
-    tls: Arc<rustls::ServerConfig>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,7 +122,6 @@ pub fn node(name: &str, labels: &[(&str, &str)], taints: &[(&str, &str, &str)]) 
 impl ApiServer {
     /// Starts a server holding `nodes` (Node objects, e.g. from [`node`]).
     pub fn start(nodes: Vec<Value>) -> ApiServer {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::Builder::new()
             .prefix("kube-api-")
             .tempdir()
@@ -175,7 +173,6 @@ impl ApiServer {
         .expect("write kubeconfig");
         let accept = {
             let shared = shared.clone();
-            let tls = tls.clone();
             std::thread::spawn(move || accept_loop(listener, shared, tls))
         };
         ApiServer {
@@ -183,7 +180,6 @@ impl ApiServer {
             accept: Some(accept),
             dir,
             kubeconfig,
-            tls,
         }
     }
 

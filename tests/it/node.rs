@@ -4,6 +4,7 @@
 use crate::kube_api::{node, ApiServer, Fault};
 use crate::support::*;
 use crate::support_kube::{kube_world, node_name, run};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 const MANAGED_TAINTS: [&str; 2] = [
@@ -379,4 +380,36 @@ fn the_test_api_server_speaks_strategic_merge_patch_to_kubectl() {
     let out = kubectl_out(&["get", "node", "no-such-node"]);
     out.code(1)
         .stderr_has("Error from server (NotFound): nodes \"no-such-node\" not found");
+}
+
+#[test]
+fn a_managed_taint_removed_by_hand_comes_back_on_the_next_apply() {
+    let name = node_name();
+    let api = ApiServer::start(vec![node(&name, &[], &[])]);
+    let w = kube_world(&api, &name, true, "");
+    run(&w, &api, &["apply", "node"]).0.code(0);
+    // An operator drops one of our taints and adds one of theirs.
+    let mut n = api.node(&name);
+    n["spec"]["taints"] = json!([
+        {"key": "dedicated", "value": "mw-experimental", "effect": "NoSchedule"},
+        {"key": "operator/hold", "value": "yes", "effect": "NoSchedule"}
+    ]);
+    api.put_node(n);
+    let (out, _) = run(&w, &api, &["plan", "node", "--json"]);
+    out.code(1);
+    let plan = out.json();
+    assert_eq!(plan["components"]["node"]["counts"]["taint"], 1, "{plan}");
+    api.clear_log();
+    run(&w, &api, &["apply", "node"]).0.code(0);
+    assert_eq!(api.patches(&name).len(), 1);
+    let mut taints = api.taints(&name);
+    taints.sort();
+    assert_eq!(
+        taints,
+        vec![
+            "dedicated=mw-experimental:NoExecute",
+            "dedicated=mw-experimental:NoSchedule",
+            "operator/hold=yes:NoSchedule"
+        ]
+    );
 }

@@ -241,3 +241,22 @@ fn render_without_labels_is_refused() {
         .code(2)
         .stderr_has("kubernetes.labels is empty");
 }
+
+#[test]
+fn render_routes_to_this_node_by_default() {
+    let w = World::new("node_name: wikikube-worker-exp1001.eqiad.wmnet\n");
+    let out = w.run(&["render"]);
+    out.code(0);
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&out.stdout).expect("YAML documents");
+    let routing = docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == "mw-experimental-xwd-routing")
+        .expect("routing ConfigMap");
+    assert_eq!(
+        routing["data"],
+        json!({"wikikube-worker-exp1001.eqiad.wmnet": "wikikube-worker-exp1001.eqiad.wmnet:30880"})
+    );
+    w.run(&["render", "--node", "a=b c"])
+        .code(2)
+        .stderr_has("NAME=HOST");
+}
