@@ -205,6 +205,9 @@ class mw_experimental (
     unless    => [[$binary, '--config', $config_file, 'plan']],
     timeout   => $exec_timeout,
     logoutput => true,
+    # The binary runs groupadd, gpasswd, setfacl and kubectl by name: the same PATH under the
+    # agent's service as in a root shell.
+    path      => ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'],
     require   => File[$config_file],
   }
 

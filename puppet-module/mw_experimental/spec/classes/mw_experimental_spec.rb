@@ -56,6 +56,7 @@ describe 'mw_experimental' do
         unless: [plan],
         timeout: 1800,
         logoutput: true,
+        path: ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'],
       ).that_requires("File[#{config}]").that_requires('Package[mw-experimental]')
     end
 
