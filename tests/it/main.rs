@@ -7,11 +7,12 @@ mod support_kube;
 mod cli;
 mod support_perm;
 
+mod containerd;
 mod group;
-mod permissions;
 mod kube_api;
 mod node;
-mod render;
-mod containerd;
-mod sync;
 mod packaging;
+mod permissions;
+mod puppet;
+mod render;
+mod sync;
