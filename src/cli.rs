@@ -75,7 +75,7 @@ pub enum Command {
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         lock_wait: u64,
     },
-    /// Print the Kubernetes Deployment/Service and the X-Wikimedia-Debug routing entries.
+    /// Print the Kubernetes DaemonSet, Service, php-fpm settings and X-Wikimedia-Debug routing entries.
     Render {
         /// Nodes to route to, as NAME or NAME=HOST (default: this node).
         #[arg(long = "node", value_name = "NAME[=HOST]")]
