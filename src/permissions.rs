@@ -468,4 +468,38 @@ mod tests {
         assert_eq!(f.mode, None, "{f:?}");
         assert_eq!(f.group, None, "{f:?}");
     }
+
+    /// `fix_at` is what `sync` calls for each entry it writes: it converges a file and a
+    /// directory in place, and leaves symlinks and hard-linked files exactly as they are.
+    #[test]
+    fn fix_at_converges_one_entry_and_leaves_links_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::write(d.join("f.php"), "x").unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("outside"), "x").unwrap();
+        std::fs::hard_link(d.join("outside"), d.join("hard.php")).unwrap();
+        std::os::unix::fs::symlink(d.join("outside"), d.join("link")).unwrap();
+        let ctime = |n: &str| {
+            let m = std::fs::symlink_metadata(d.join(n)).unwrap();
+            (m.ctime(), m.ctime_nsec())
+        };
+        let (hard, link) = (ctime("hard.php"), ctime("link"));
+        let dir = rustix::fs::open(d, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let p = pol();
+        for name in ["f.php", "sub", "hard.php", "link"] {
+            fix_at(&p, dir.as_fd(), OsStr::new(name)).unwrap();
+        }
+        let check = |name: &str, kind: Kind| {
+            let fd = rustix::fs::openat(&dir, name, OFlags::RDONLY, Mode::empty()).unwrap();
+            let st = rustix::fs::fstat(&fd).unwrap();
+            examine(&p, fd.as_fd(), &st, kind).unwrap()
+        };
+        assert!(check("f.php", Kind::File).is_empty());
+        assert!(check("sub", Kind::Dir).is_empty());
+        assert_eq!(ctime("hard.php"), hard, "hard-linked file was written");
+        assert_eq!(ctime("link"), link, "symlink was written");
+        assert!(!check("hard.php", Kind::File).is_empty());
+    }
 }
