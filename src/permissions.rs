@@ -14,15 +14,14 @@
 //! * every directory: group `deployers.gid`; setgid bit set; `other` gets at least `r-x`;
 //!   access ACL `group:<gid>:rwx` and `mask::rwx` (other entries kept);
 //!   default ACL exactly `user::rwx group::r-x group:<gid>:rwx mask::rwx other::r-x`.
-//! * every regular file with one link: group `deployers.gid`; `other` gets at least `r--`;
+//! * every regular file with one link: group unchanged; `other` gets at least `r--`;
 //!   `group:<gid>` is effectively (entry AND mask) `rw-`, or `rwx` when the owner has `x`;
 //!   when it is not, the entry is set to exactly that and the mask widened to include it.
 //!   A file created by `touch` under the default ACL (`group:<gid>:rwx`, `mask::rw-`) is
 //!   therefore already converged.
 //! * never changed: file owners (except the root directory), symlinks (never followed),
 //!   regular files with more than one link, FIFOs, sockets, devices, anything on another
-//!   filesystem. Setuid/setgid bits of files are only lost the way the kernel drops them when
-//!   the group changes.
+//!   filesystem; the group, setuid and setgid bits of files.
 
 use crate::acl::{self, Acl, Tag, R, RWX, W, X};
 use crate::config::Config;
@@ -147,7 +146,6 @@ impl Fix {
     }
 }
 
-const S_ISUID: u32 = 0o4000;
 const S_ISGID: u32 = 0o2000;
 
 /// The policy's verdict on one entry, from its `stat` and its ACL attributes (`None`: the
@@ -168,7 +166,10 @@ pub(crate) fn evaluate(
     if kind == Kind::Root && uid != p.owner_uid {
         fix.owner = Some((uid, p.owner_uid));
     }
-    if gid != p.gid {
+    // Directories carry the deployer group (and setgid, so new entries inherit it). Files keep
+    // theirs: the `group:<gid>` entry gives the access, and a chown per file would double
+    // the writes of a first apply for nothing.
+    if kind != Kind::File && gid != p.gid {
         fix.group = Some((gid, p.gid));
     }
     let other = cur.get(Tag::Other, 0).unwrap_or(0);
@@ -199,18 +200,8 @@ pub(crate) fn evaluate(
             want.set(Tag::Other, 0, other | R);
         }
     }
-    // What the mode will be after the group and ACL writes, to see whether a chmod remains.
+    // What the mode will be after the ACL write, to see whether a chmod remains.
     let mut predicted = perm;
-    if fix.group.is_some() && kind == Kind::File {
-        // The kernel drops setuid, and setgid with group-execute, when a file's group changes.
-        if predicted & S_ISUID != 0 {
-            predicted &= !S_ISUID;
-        }
-        if predicted & (S_ISGID | 0o010) == S_ISGID | 0o010 {
-            predicted &= !S_ISGID;
-        }
-        special = predicted & 0o7000;
-    }
     let named = |a: &Acl| -> Vec<acl::Entry> {
         a.entries
             .iter()
@@ -394,7 +385,7 @@ mod tests {
     #[test]
     fn plain_file_gets_group_rw_and_mask() {
         let f = evaluate(&pol(), Kind::File, 0o100644, 1000, 1000, None, None);
-        assert_eq!(f.group, Some((1000, 705)));
+        assert_eq!(f.group, None, "files keep their group");
         let (_, want) = f.acl.clone().unwrap();
         assert_eq!(want.to_text(), "u::rw-,g::r--,g:705:rw-,m::rw-,o::r--");
         assert_eq!(f.mode, None, "the ACL write sets 0664 itself");
@@ -472,8 +463,43 @@ mod tests {
     }
 
     #[test]
-    fn group_change_on_setuid_file_does_not_restore_setuid() {
+    fn setuid_file_keeps_its_bits_and_group() {
         let f = evaluate(&pol(), Kind::File, 0o104755, 1000, 1000, None, None);
         assert_eq!(f.mode, None, "{f:?}");
+        assert_eq!(f.group, None, "{f:?}");
+    }
+
+    /// `fix_at` is what `sync` calls for each entry it writes: it converges a file and a
+    /// directory in place, and leaves symlinks and hard-linked files exactly as they are.
+    #[test]
+    fn fix_at_converges_one_entry_and_leaves_links_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::write(d.join("f.php"), "x").unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("outside"), "x").unwrap();
+        std::fs::hard_link(d.join("outside"), d.join("hard.php")).unwrap();
+        std::os::unix::fs::symlink(d.join("outside"), d.join("link")).unwrap();
+        let ctime = |n: &str| {
+            let m = std::fs::symlink_metadata(d.join(n)).unwrap();
+            (m.ctime(), m.ctime_nsec())
+        };
+        let (hard, link) = (ctime("hard.php"), ctime("link"));
+        let dir = rustix::fs::open(d, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let p = pol();
+        for name in ["f.php", "sub", "hard.php", "link"] {
+            fix_at(&p, dir.as_fd(), OsStr::new(name)).unwrap();
+        }
+        let check = |name: &str, kind: Kind| {
+            let fd = rustix::fs::openat(&dir, name, OFlags::RDONLY, Mode::empty()).unwrap();
+            let st = rustix::fs::fstat(&fd).unwrap();
+            examine(&p, fd.as_fd(), &st, kind).unwrap()
+        };
+        assert!(check("f.php", Kind::File).is_empty());
+        assert!(check("sub", Kind::Dir).is_empty());
+        assert_eq!(ctime("hard.php"), hard, "hard-linked file was written");
+        assert_eq!(ctime("link"), link, "symlink was written");
+        assert!(!check("hard.php", Kind::File).is_empty());
     }
 }
