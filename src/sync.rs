@@ -119,6 +119,8 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
                 ..Default::default()
             };
             plan.metrics = metrics(0, 0, started, l.files);
+            plan.metrics
+                .insert("synced_timestamp_seconds".into(), l.unix as f64);
             return Ok(plan);
         }
     }
@@ -153,6 +155,8 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
             local_edits: out.kept,
         };
         l.write(cfg)?;
+        plan.metrics
+            .insert("synced_timestamp_seconds".into(), unix as f64);
         let _ = std::fs::remove_file(dir.join("journal"));
         plan.observed = l.observed();
     } else {
@@ -1085,11 +1089,6 @@ impl<'a> Engine<'a> {
             }
             for a in added {
                 self.remove_added(&mut dc, &a)?;
-            }
-        }
-        if !self.opts.dry_run {
-            if let Err(e) = rustix::fs::syncfs(dc.root()) {
-                log::warn!("syncfs on the code tree: {e}");
             }
         }
         if self.progress && self.steps >= 2000 {
