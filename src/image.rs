@@ -528,55 +528,77 @@ fn scan_directory(root: BorrowedFd<'_>) -> Result<(Tree, String, Vec<String>)> {
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 4);
-    // (queue of directories to read, workers busy, first error)
-    let state = Mutex::new((
-        vec![(String::new(), rustix::io::dup(root)?)],
-        0usize,
-        None::<anyhow::Error>,
-    ));
+    // Each worker goes depth-first through its own stack of directories and hands half of it
+    // to the shared queue only when another worker is idle (few wake-ups, no lock per entry).
+    struct Shared {
+        queue: Vec<(String, OwnedFd)>,
+        idle: usize,
+        done: bool,
+        err: Option<anyhow::Error>,
+    }
+    let shared = Mutex::new(Shared {
+        queue: vec![(String::new(), rustix::io::dup(root)?)],
+        idle: 0,
+        done: false,
+        err: None,
+    });
+    let idle_hint = std::sync::atomic::AtomicUsize::new(0);
     let cv = Condvar::new();
     let results: Vec<(Vec<Scanned>, Vec<String>)> = std::thread::scope(|sc| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 sc.spawn(|| {
+                    use std::sync::atomic::Ordering::Relaxed;
                     let mut out = Vec::new();
                     let mut bad = Vec::new();
+                    let mut local: Vec<(String, OwnedFd)> = Vec::new();
                     loop {
-                        let (prefix, fd) = {
-                            let mut g = state.lock().unwrap();
-                            loop {
-                                if g.2.is_some() {
-                                    return (out, bad);
+                        let (prefix, fd) = match local.pop() {
+                            Some(job) => job,
+                            None => {
+                                let mut g = shared.lock().unwrap();
+                                loop {
+                                    if g.done || g.err.is_some() {
+                                        return (out, bad);
+                                    }
+                                    if let Some(job) = g.queue.pop() {
+                                        break job;
+                                    }
+                                    g.idle += 1;
+                                    idle_hint.store(g.idle, Relaxed);
+                                    if g.idle == threads {
+                                        g.done = true;
+                                        cv.notify_all();
+                                        return (out, bad);
+                                    }
+                                    g = cv.wait(g).unwrap();
+                                    g.idle -= 1;
+                                    idle_hint.store(g.idle, Relaxed);
                                 }
-                                if let Some(job) = g.0.pop() {
-                                    g.1 += 1;
-                                    break job;
-                                }
-                                if g.1 == 0 {
-                                    return (out, bad);
-                                }
-                                g = cv.wait(g).unwrap();
                             }
                         };
-                        let r = scan_one(fd, &prefix, dev, &mut out, &mut bad);
-                        let mut g = state.lock().unwrap();
-                        g.1 -= 1;
-                        match r {
-                            Ok(subs) => g.0.extend(subs),
+                        match scan_one(fd, &prefix, dev, &mut out, &mut bad) {
+                            Ok(subs) => local.extend(subs),
                             Err(e) => {
-                                if g.2.is_none() {
-                                    g.2 = Some(e);
-                                }
+                                let mut g = shared.lock().unwrap();
+                                g.err.get_or_insert(e);
+                                cv.notify_all();
+                                return (out, bad);
                             }
                         }
-                        cv.notify_all();
+                        if idle_hint.load(Relaxed) > 0 && local.len() > 1 {
+                            let give: Vec<_> = local.drain(..local.len() / 2).collect();
+                            let mut g = shared.lock().unwrap();
+                            g.queue.extend(give);
+                            cv.notify_all();
+                        }
                     }
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    if let Some(e) = state.into_inner().unwrap().2 {
+    if let Some(e) = shared.into_inner().unwrap().err {
         return Err(e);
     }
     let mut all: Vec<Scanned> = Vec::new();

@@ -131,7 +131,7 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
         cfg,
         &img,
         tree,
-        &old,
+        old,
         EngineOpts {
             force: opts.force,
             dry_run: opts.dry_run,
@@ -329,7 +329,7 @@ pub fn reset(cfg: &Config, paths: &[PathBuf]) -> Result<ComponentPlan> {
         cfg,
         &img,
         tree,
-        &old,
+        old,
         EngineOpts {
             force: true,
             dry_run: false,
@@ -591,6 +591,10 @@ struct Manifest {
 }
 
 fn esc(s: &str, out: &mut String) {
+    if !s.bytes().any(|b| b == b'\\' || b == b'\t' || b == b'\n') {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -602,6 +606,9 @@ fn esc(s: &str, out: &mut String) {
 }
 
 fn unesc(s: &str) -> String {
+    if !s.contains('\\') {
+        return s.to_string();
+    }
     let mut out = String::with_capacity(s.len());
     let mut it = s.chars();
     while let Some(c) = it.next() {
@@ -620,9 +627,11 @@ fn unesc(s: &str) -> String {
 }
 
 fn hex(h: &[u8; 32]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(64);
     for b in h {
-        let _ = write!(s, "{b:02x}");
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
     }
     s
 }
@@ -782,8 +791,9 @@ struct Engine<'a> {
     cfg: &'a Config,
     image: &'a Image,
     tree: Tree,
-    old: &'a Manifest,
-    new: Manifest,
+    /// The last sync's manifest, updated in place into this sync's (each path's old entry is
+    /// read before it is replaced).
+    man: Manifest,
     opts: EngineOpts,
     policy: Option<crate::permissions::Policy>,
     policy_errors: u64,
@@ -835,7 +845,7 @@ impl<'a> Engine<'a> {
         cfg: &'a Config,
         image: &'a Image,
         tree: Tree,
-        old: &'a Manifest,
+        man: Manifest,
         opts: EngineOpts,
         notes: Vec<String>,
     ) -> Result<Engine<'a>> {
@@ -865,8 +875,7 @@ impl<'a> Engine<'a> {
             cfg,
             image,
             tree,
-            old,
-            new: old.clone(),
+            man,
             opts,
             policy,
             policy_errors: 0,
@@ -1034,7 +1043,7 @@ impl<'a> Engine<'a> {
         let files = self.tree.len() as u64;
         // Phase 1: what the image dropped, children first.
         let gone: Vec<String> = self
-            .old
+            .man
             .entries
             .keys()
             .rev()
@@ -1045,21 +1054,19 @@ impl<'a> Engine<'a> {
             self.delete(&mut dc, &p)?;
         }
         // Phase 2: directories and symlinks in order; files decided and queued.
-        let paths: Vec<String> = self
-            .tree
-            .keys()
-            .filter(|p| in_scope(&self.opts.scope, p))
-            .cloned()
-            .collect();
-        let mut blocked: Option<String> = None;
-        for p in paths {
-            if blocked.as_ref().is_some_and(|b| under(&p, b)) {
+        let tree = std::mem::take(&mut self.tree);
+        let mut blocked: Option<&str> = None;
+        for (p, e) in &tree {
+            if blocked.is_some_and(|b| under(p, b)) || !in_scope(&self.opts.scope, p) {
                 continue;
             }
-            if let Some(b) = self.decide(&mut dc, &p)? {
-                blocked = Some(b);
+            if let Some(b) = self.decide(&mut dc, p, e.clone())? {
+                // The prefix is p itself or one of its ancestors: all are keys of the tree
+                // or prefixes of p.
+                blocked = Some(&p[..b.len().min(p.len())]);
             }
         }
+        self.tree = tree;
         // Phase 3: file contents (layer order for layered images).
         let wanted: Vec<String> = self.pending.keys().cloned().collect();
         if !self.opts.dry_run && !wanted.is_empty() {
@@ -1077,7 +1084,7 @@ impl<'a> Engine<'a> {
             let scope = self.opts.scope.clone();
             {
                 let tree = &self.tree;
-                let new = &self.new;
+                let new = &self.man;
                 for s in &scope {
                     collect_added(
                         &mut dc,
@@ -1101,7 +1108,7 @@ impl<'a> Engine<'a> {
             );
         }
         Ok(Outcome {
-            manifest: self.new,
+            manifest: self.man,
             counts: self.counts,
             changes: self.changes,
             notes: self.notes,
@@ -1112,12 +1119,12 @@ impl<'a> Engine<'a> {
 
     /// A path the image no longer has.
     fn delete(&mut self, dc: &mut DirCache, p: &str) -> Result<()> {
-        let m = self.old.entries[p].clone();
+        let m = self.man.entries[p].clone();
         let (parent, name) = fsat::split(p);
         let d = match dc.open(parent)? {
             Opened::Dir(d) => d,
             Opened::Missing(_) => {
-                self.new.entries.remove(p);
+                self.man.entries.remove(p);
                 return Ok(());
             }
             Opened::Blocked(b) => {
@@ -1126,18 +1133,18 @@ impl<'a> Engine<'a> {
                 if self.tree.get(&b).is_none_or(|e| e.kind == Kind::Dir) {
                     self.keep(p, &format!("{b} is a symlink or a file in the live tree"));
                 }
-                self.new.entries.remove(p);
+                self.man.entries.remove(p);
                 return Ok(());
             }
         };
         let Some(st) = fsat::lstat_at(d, name)? else {
-            self.new.entries.remove(p);
+            self.man.entries.remove(p);
             return Ok(());
         };
         let same = equals_manifest(&m, &st, d, name, &mut None)?;
         if !same && !self.opts.force {
             self.keep(p, "removed from the image but changed here");
-            self.new.entries.remove(p);
+            self.man.entries.remove(p);
             return Ok(());
         }
         if self.opts.dry_run {
@@ -1170,20 +1177,19 @@ impl<'a> Engine<'a> {
         if flags == AtFlags::REMOVEDIR {
             dc.forget(p);
         }
-        self.new.entries.remove(p);
+        self.man.entries.remove(p);
         self.step();
         Ok(())
     }
 
     /// One path of the image. Returns a prefix to skip when the live tree blocks a subtree.
-    fn decide(&mut self, dc: &mut DirCache, p: &str) -> Result<Option<String>> {
-        let mut e = self.tree[p].clone();
-        let m = self.old.entries.get(p).cloned();
+    fn decide(&mut self, dc: &mut DirCache, p: &str, mut e: Entry) -> Result<Option<String>> {
+        let m = self.man.entries.get(p).cloned();
         if !self.opts.all_changed {
             if let Some(m) = &m {
                 if self.same_in_image(p, &mut e, m)? {
                     if m.e != e {
-                        self.new
+                        self.man
                             .entries
                             .insert(p.to_string(), MEntry { e, live: m.live });
                     }
@@ -1221,7 +1227,7 @@ impl<'a> Engine<'a> {
                     .map(|s| quick(&s))
                     .unwrap_or_default();
                 self.fill_hash(p, &mut e)?;
-                self.new.entries.insert(p.to_string(), MEntry { e, live });
+                self.man.entries.insert(p.to_string(), MEntry { e, live });
                 return Ok(None);
             }
             let ours = match &m {
@@ -1322,7 +1328,7 @@ impl<'a> Engine<'a> {
                     .unwrap_or_default();
                 self.count("written");
                 self.change("mkdir", p, "");
-                self.new.entries.insert(p.to_string(), MEntry { e, live });
+                self.man.entries.insert(p.to_string(), MEntry { e, live });
             }
             Kind::Symlink => {
                 let tmp = self.temp_name(name);
@@ -1340,7 +1346,7 @@ impl<'a> Engine<'a> {
                     .unwrap_or_default();
                 self.count("written");
                 self.change("symlink", p, &target);
-                self.new.entries.insert(p.to_string(), MEntry { e, live });
+                self.man.entries.insert(p.to_string(), MEntry { e, live });
             }
             Kind::File => {
                 let seen = fsat::lstat_at(d, name)?.map(|s| {
@@ -1381,11 +1387,7 @@ impl<'a> Engine<'a> {
 
     fn fill_hash(&mut self, p: &str, e: &mut Entry) -> Result<()> {
         if e.kind == Kind::File && e.hash.is_none() {
-            let h = self.image.hash_file(p)?;
-            e.hash = Some(h);
-            if let Some(t) = self.tree.get_mut(p) {
-                t.hash = Some(h);
-            }
+            e.hash = Some(self.image.hash_file(p)?);
         }
         Ok(())
     }
@@ -1526,7 +1528,7 @@ impl<'a> Engine<'a> {
         }
         self.count("written");
         self.change("write", p, "");
-        self.new.entries.insert(p.to_string(), MEntry { e, live });
+        self.man.entries.insert(p.to_string(), MEntry { e, live });
         Ok(())
     }
 
