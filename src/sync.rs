@@ -107,6 +107,10 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
     let last = LastSync::read(cfg)?;
     let mut img = image::newest(cfg)?;
     log::info!("newest image: {} ({})", img.reference, img.digest);
+    log::debug!(
+        "found the newest image in {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
     if let Some(l) = &last {
         if l.digest == img.digest && !opts.force {
             log::info!(
@@ -126,7 +130,15 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
     }
     let mut notes = Vec::new();
     let tree = img.tree(&mut notes)?;
+    log::debug!(
+        "read the image tree by {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
     let old = Manifest::read(cfg)?;
+    log::debug!(
+        "read the manifest by {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
     let eng = Engine::new(
         cfg,
         &img,
@@ -142,9 +154,14 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
         notes,
     )?;
     let out = eng.run()?;
+    log::debug!("synced the tree by {:.3}s", started.elapsed().as_secs_f64());
     let mut plan = out.plan(started);
     if !opts.dry_run {
         out.manifest.write(cfg)?;
+        log::debug!(
+            "wrote the manifest by {:.3}s",
+            started.elapsed().as_secs_f64()
+        );
         let (at, unix) = crate::state::now();
         let l = LastSync {
             reference: img.reference.clone(),
@@ -723,8 +740,16 @@ impl Manifest {
             }
             let _ = writeln!(s, "\t{}\t{}\t{}", m.live.0, m.live.1, m.live.2);
         }
-        crate::state::write_atomic(&Self::path(cfg), s.as_bytes(), 0o600)
-            .with_context(|| format!("writing the manifest {}", Self::path(cfg).display()))
+        // Temp file and rename (a killed run leaves the old manifest whole). No fsync: after a
+        // power cut an old or empty manifest only makes the next sync compare content (live
+        // entries equal to the image are adopted, others are kept as edits), never lose data.
+        let path = Self::path(cfg);
+        let tmp = path.with_extension(format!("tsv.tmp.{}", std::process::id()));
+        let r = std::fs::write(&tmp, s.as_bytes()).and_then(|()| std::fs::rename(&tmp, &path));
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r.with_context(|| format!("writing the manifest {}", path.display()))
     }
 }
 
@@ -1450,18 +1475,42 @@ impl<'a> Engine<'a> {
                 self.backup(p, d, name, st)?;
             }
         }
-        let tmp = self.temp_name(name);
-        self.journal_tmp(parent, &tmp)?;
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat(d, tmp.as_str(), flags, Mode::from_raw_mode(0o600)) {
-            Ok(fd) => fd,
-            Err(Errno::EXIST) => {
-                rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty())?;
-                rustix::fs::openat(d, tmp.as_str(), flags, Mode::from_raw_mode(0o600))?
-            }
-            Err(err) => {
-                return Err(err).with_context(|| format!("creating a temporary file for {p}"))
+        // A new name: an unnamed O_TMPFILE inode, linked in once complete (nothing to clean up
+        // if the process dies). Replacing a name: a journaled temp name, then rename over it.
+        let anon = if now.is_none() {
+            rustix::fs::openat(
+                d,
+                ".",
+                OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .ok()
+        } else {
+            None
+        };
+        let (fd, tmp) = match anon {
+            Some(fd) => (fd, None),
+            None => {
+                let tmp = self.temp_name(name);
+                self.journal_tmp(parent, &tmp)?;
+                let flags = OFlags::WRONLY
+                    | OFlags::CREATE
+                    | OFlags::EXCL
+                    | OFlags::NOFOLLOW
+                    | OFlags::CLOEXEC;
+                let fd =
+                    match rustix::fs::openat(d, tmp.as_str(), flags, Mode::from_raw_mode(0o600)) {
+                        Ok(fd) => fd,
+                        Err(Errno::EXIST) => {
+                            rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty())?;
+                            rustix::fs::openat(d, tmp.as_str(), flags, Mode::from_raw_mode(0o600))?
+                        }
+                        Err(err) => {
+                            return Err(err)
+                                .with_context(|| format!("creating a temporary file for {p}"))
+                        }
+                    };
+                (fd, Some(tmp))
             }
         };
         let mut f = std::fs::File::from(fd);
@@ -1500,9 +1549,10 @@ impl<'a> Engine<'a> {
             )?;
             Ok(())
         })();
-        drop(f);
         if let Err(err) = copied {
-            let _ = rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty());
+            if let Some(tmp) = &tmp {
+                let _ = rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty());
+            }
             return Err(err);
         }
         self.step();
@@ -1510,14 +1560,27 @@ impl<'a> Engine<'a> {
             Opened::Dir(d) => d,
             _ => bail!("the directory of {p} vanished while syncing"),
         };
-        if let Err(err) = rustix::fs::renameat(d, tmp.as_str(), d, name) {
-            let _ = rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty());
-            if err == Errno::ISDIR || err == Errno::NOTEMPTY {
-                self.keep(p, "a directory here where the image has a file");
-                return Ok(());
+        match &tmp {
+            None => match rustix::fs::linkat(&f, "", d, name, AtFlags::EMPTY_PATH) {
+                Ok(()) => {}
+                Err(Errno::EXIST) => {
+                    self.keep(p, "created here while syncing");
+                    return Ok(());
+                }
+                Err(err) => return Err(err).with_context(|| format!("linking {p} into place")),
+            },
+            Some(tmp) => {
+                if let Err(err) = rustix::fs::renameat(d, tmp.as_str(), d, name) {
+                    let _ = rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty());
+                    if err == Errno::ISDIR || err == Errno::NOTEMPTY {
+                        self.keep(p, "a directory here where the image has a file");
+                        return Ok(());
+                    }
+                    return Err(err).with_context(|| format!("renaming {p} into place"));
+                }
             }
-            return Err(err).with_context(|| format!("renaming {p} into place"));
         }
+        drop(f);
         self.step();
         self.apply_policy(d, name);
         let live = fsat::lstat_at(d, name)?
