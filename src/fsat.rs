@@ -145,11 +145,12 @@ pub fn walk(
     bad_name: &mut dyn FnMut(String),
 ) -> anyhow::Result<()> {
     let dev = rustix::fs::fstat(root)?.st_dev;
-    walk_inner(root, prefix, dev, f, bad_name)
+    walk_inner(rustix::io::dup(root)?, prefix, dev, f, bad_name)
 }
 
-fn walk_inner(
-    dir: BorrowedFd<'_>,
+/// Walks one directory (taking ownership of its fd: no second open for reading it).
+pub fn walk_inner(
+    dir: OwnedFd,
     prefix: &str,
     dev: u64,
     f: &mut dyn FnMut(&Walked<'_>) -> anyhow::Result<bool>,
@@ -157,7 +158,8 @@ fn walk_inner(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let mut names = Vec::new();
-    for e in Dir::read_from(dir).with_context(|| format!("reading the directory {prefix:?}"))? {
+    let mut rd = Dir::new(dir).with_context(|| format!("reading the directory {prefix:?}"))?;
+    for e in rd.by_ref() {
         let e = e.with_context(|| format!("reading the directory {prefix:?}"))?;
         let n = e.file_name().to_bytes();
         if n == b"." || n == b".." {
@@ -166,12 +168,13 @@ fn walk_inner(
         match std::str::from_utf8(n) {
             Ok(s) => names.push(s.to_string()),
             Err(_) => bad_name(format!(
-                "{}{}",
+                "{prefix}{}{}",
                 if prefix.is_empty() { "" } else { "/" },
                 String::from_utf8_lossy(n)
             )),
         }
     }
+    let dir = rd.fd()?;
     names.sort_unstable();
     for name in names {
         let rel = if prefix.is_empty() {
@@ -190,7 +193,7 @@ fn walk_inner(
         })?;
         if descend && file_type(&st) == FileType::Directory && st.st_dev == dev {
             match openat(dir, name.as_str(), DIR_FLAGS, Mode::empty()) {
-                Ok(sub) => walk_inner(sub.as_fd(), &rel, dev, f, bad_name)?,
+                Ok(sub) => walk_inner(sub, &rel, dev, f, bad_name)?,
                 Err(Errno::NOENT) | Err(Errno::LOOP) | Err(Errno::NOTDIR) => {}
                 Err(e) => return Err(e).with_context(|| format!("opening the directory {rel:?}")),
             }

@@ -100,6 +100,25 @@ pub fn render(state: &State, enabled: bool) -> String {
             );
         }
     }
+    // The image the tree was last synced from, as an info metric (strings go in labels).
+    if let Some(code) = state.components.get(&crate::plan::Component::Code) {
+        let o = &code.plan.observed;
+        if let (Some(image), Some(digest)) = (o["image"].as_str(), o["digest"].as_str()) {
+            let esc = |v: &str| {
+                v.replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n")
+            };
+            let _ = writeln!(
+                out,
+                "# HELP mw_experimental_code_image_info The image the code tree was last synced from.\n\
+                 # TYPE mw_experimental_code_image_info gauge\n\
+                 mw_experimental_code_image_info{{image=\"{}\",digest=\"{}\"}} 1",
+                esc(image),
+                esc(digest)
+            );
+        }
+    }
     out
 }
 

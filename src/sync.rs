@@ -107,6 +107,10 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
     let last = LastSync::read(cfg)?;
     let mut img = image::newest(cfg)?;
     log::info!("newest image: {} ({})", img.reference, img.digest);
+    log::debug!(
+        "found the newest image in {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
     if let Some(l) = &last {
         if l.digest == img.digest && !opts.force {
             log::info!(
@@ -119,17 +123,27 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
                 ..Default::default()
             };
             plan.metrics = metrics(0, 0, started, l.files);
+            plan.metrics
+                .insert("synced_timestamp_seconds".into(), l.unix as f64);
             return Ok(plan);
         }
     }
     let mut notes = Vec::new();
     let tree = img.tree(&mut notes)?;
+    log::debug!(
+        "read the image tree by {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
     let old = Manifest::read(cfg)?;
+    log::debug!(
+        "read the manifest by {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
     let eng = Engine::new(
         cfg,
         &img,
         tree,
-        &old,
+        old,
         EngineOpts {
             force: opts.force,
             dry_run: opts.dry_run,
@@ -140,9 +154,14 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
         notes,
     )?;
     let out = eng.run()?;
+    log::debug!("synced the tree by {:.3}s", started.elapsed().as_secs_f64());
     let mut plan = out.plan(started);
     if !opts.dry_run {
         out.manifest.write(cfg)?;
+        log::debug!(
+            "wrote the manifest by {:.3}s",
+            started.elapsed().as_secs_f64()
+        );
         let (at, unix) = crate::state::now();
         let l = LastSync {
             reference: img.reference.clone(),
@@ -153,6 +172,8 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
             local_edits: out.kept,
         };
         l.write(cfg)?;
+        plan.metrics
+            .insert("synced_timestamp_seconds".into(), unix as f64);
         let _ = std::fs::remove_file(dir.join("journal"));
         plan.observed = l.observed();
     } else {
@@ -325,7 +346,7 @@ pub fn reset(cfg: &Config, paths: &[PathBuf]) -> Result<ComponentPlan> {
         cfg,
         &img,
         tree,
-        &old,
+        old,
         EngineOpts {
             force: true,
             dry_run: false,
@@ -587,6 +608,10 @@ struct Manifest {
 }
 
 fn esc(s: &str, out: &mut String) {
+    if !s.bytes().any(|b| b == b'\\' || b == b'\t' || b == b'\n') {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -598,6 +623,9 @@ fn esc(s: &str, out: &mut String) {
 }
 
 fn unesc(s: &str) -> String {
+    if !s.contains('\\') {
+        return s.to_string();
+    }
     let mut out = String::with_capacity(s.len());
     let mut it = s.chars();
     while let Some(c) = it.next() {
@@ -616,9 +644,11 @@ fn unesc(s: &str) -> String {
 }
 
 fn hex(h: &[u8; 32]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(64);
     for b in h {
-        let _ = write!(s, "{b:02x}");
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
     }
     s
 }
@@ -710,8 +740,16 @@ impl Manifest {
             }
             let _ = writeln!(s, "\t{}\t{}\t{}", m.live.0, m.live.1, m.live.2);
         }
-        crate::state::write_atomic(&Self::path(cfg), s.as_bytes(), 0o600)
-            .with_context(|| format!("writing the manifest {}", Self::path(cfg).display()))
+        // Temp file and rename (a killed run leaves the old manifest whole). No fsync: after a
+        // power cut an old or empty manifest only makes the next sync compare content (live
+        // entries equal to the image are adopted, others are kept as edits), never lose data.
+        let path = Self::path(cfg);
+        let tmp = path.with_extension(format!("tsv.tmp.{}", std::process::id()));
+        let r = std::fs::write(&tmp, s.as_bytes()).and_then(|()| std::fs::rename(&tmp, &path));
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r.with_context(|| format!("writing the manifest {}", path.display()))
     }
 }
 
@@ -778,8 +816,9 @@ struct Engine<'a> {
     cfg: &'a Config,
     image: &'a Image,
     tree: Tree,
-    old: &'a Manifest,
-    new: Manifest,
+    /// The last sync's manifest, updated in place into this sync's (each path's old entry is
+    /// read before it is replaced).
+    man: Manifest,
     opts: EngineOpts,
     policy: Option<crate::permissions::Policy>,
     policy_errors: u64,
@@ -831,7 +870,7 @@ impl<'a> Engine<'a> {
         cfg: &'a Config,
         image: &'a Image,
         tree: Tree,
-        old: &'a Manifest,
+        man: Manifest,
         opts: EngineOpts,
         notes: Vec<String>,
     ) -> Result<Engine<'a>> {
@@ -861,8 +900,7 @@ impl<'a> Engine<'a> {
             cfg,
             image,
             tree,
-            old,
-            new: old.clone(),
+            man,
             opts,
             policy,
             policy_errors: 0,
@@ -1030,7 +1068,7 @@ impl<'a> Engine<'a> {
         let files = self.tree.len() as u64;
         // Phase 1: what the image dropped, children first.
         let gone: Vec<String> = self
-            .old
+            .man
             .entries
             .keys()
             .rev()
@@ -1041,21 +1079,19 @@ impl<'a> Engine<'a> {
             self.delete(&mut dc, &p)?;
         }
         // Phase 2: directories and symlinks in order; files decided and queued.
-        let paths: Vec<String> = self
-            .tree
-            .keys()
-            .filter(|p| in_scope(&self.opts.scope, p))
-            .cloned()
-            .collect();
-        let mut blocked: Option<String> = None;
-        for p in paths {
-            if blocked.as_ref().is_some_and(|b| under(&p, b)) {
+        let tree = std::mem::take(&mut self.tree);
+        let mut blocked: Option<&str> = None;
+        for (p, e) in &tree {
+            if blocked.is_some_and(|b| under(p, b)) || !in_scope(&self.opts.scope, p) {
                 continue;
             }
-            if let Some(b) = self.decide(&mut dc, &p)? {
-                blocked = Some(b);
+            if let Some(b) = self.decide(&mut dc, p, e.clone())? {
+                // The prefix is p itself or one of its ancestors: all are keys of the tree
+                // or prefixes of p.
+                blocked = Some(&p[..b.len().min(p.len())]);
             }
         }
+        self.tree = tree;
         // Phase 3: file contents (layer order for layered images).
         let wanted: Vec<String> = self.pending.keys().cloned().collect();
         if !self.opts.dry_run && !wanted.is_empty() {
@@ -1073,7 +1109,7 @@ impl<'a> Engine<'a> {
             let scope = self.opts.scope.clone();
             {
                 let tree = &self.tree;
-                let new = &self.new;
+                let new = &self.man;
                 for s in &scope {
                     collect_added(
                         &mut dc,
@@ -1087,11 +1123,6 @@ impl<'a> Engine<'a> {
                 self.remove_added(&mut dc, &a)?;
             }
         }
-        if !self.opts.dry_run {
-            if let Err(e) = rustix::fs::syncfs(dc.root()) {
-                log::warn!("syncfs on the code tree: {e}");
-            }
-        }
         if self.progress && self.steps >= 2000 {
             eprintln!();
         }
@@ -1102,7 +1133,7 @@ impl<'a> Engine<'a> {
             );
         }
         Ok(Outcome {
-            manifest: self.new,
+            manifest: self.man,
             counts: self.counts,
             changes: self.changes,
             notes: self.notes,
@@ -1113,12 +1144,12 @@ impl<'a> Engine<'a> {
 
     /// A path the image no longer has.
     fn delete(&mut self, dc: &mut DirCache, p: &str) -> Result<()> {
-        let m = self.old.entries[p].clone();
+        let m = self.man.entries[p].clone();
         let (parent, name) = fsat::split(p);
         let d = match dc.open(parent)? {
             Opened::Dir(d) => d,
             Opened::Missing(_) => {
-                self.new.entries.remove(p);
+                self.man.entries.remove(p);
                 return Ok(());
             }
             Opened::Blocked(b) => {
@@ -1127,18 +1158,18 @@ impl<'a> Engine<'a> {
                 if self.tree.get(&b).is_none_or(|e| e.kind == Kind::Dir) {
                     self.keep(p, &format!("{b} is a symlink or a file in the live tree"));
                 }
-                self.new.entries.remove(p);
+                self.man.entries.remove(p);
                 return Ok(());
             }
         };
         let Some(st) = fsat::lstat_at(d, name)? else {
-            self.new.entries.remove(p);
+            self.man.entries.remove(p);
             return Ok(());
         };
         let same = equals_manifest(&m, &st, d, name, &mut None)?;
         if !same && !self.opts.force {
             self.keep(p, "removed from the image but changed here");
-            self.new.entries.remove(p);
+            self.man.entries.remove(p);
             return Ok(());
         }
         if self.opts.dry_run {
@@ -1171,20 +1202,19 @@ impl<'a> Engine<'a> {
         if flags == AtFlags::REMOVEDIR {
             dc.forget(p);
         }
-        self.new.entries.remove(p);
+        self.man.entries.remove(p);
         self.step();
         Ok(())
     }
 
     /// One path of the image. Returns a prefix to skip when the live tree blocks a subtree.
-    fn decide(&mut self, dc: &mut DirCache, p: &str) -> Result<Option<String>> {
-        let mut e = self.tree[p].clone();
-        let m = self.old.entries.get(p).cloned();
+    fn decide(&mut self, dc: &mut DirCache, p: &str, mut e: Entry) -> Result<Option<String>> {
+        let m = self.man.entries.get(p).cloned();
         if !self.opts.all_changed {
             if let Some(m) = &m {
                 if self.same_in_image(p, &mut e, m)? {
                     if m.e != e {
-                        self.new
+                        self.man
                             .entries
                             .insert(p.to_string(), MEntry { e, live: m.live });
                     }
@@ -1222,7 +1252,7 @@ impl<'a> Engine<'a> {
                     .map(|s| quick(&s))
                     .unwrap_or_default();
                 self.fill_hash(p, &mut e)?;
-                self.new.entries.insert(p.to_string(), MEntry { e, live });
+                self.man.entries.insert(p.to_string(), MEntry { e, live });
                 return Ok(None);
             }
             let ours = match &m {
@@ -1323,7 +1353,7 @@ impl<'a> Engine<'a> {
                     .unwrap_or_default();
                 self.count("written");
                 self.change("mkdir", p, "");
-                self.new.entries.insert(p.to_string(), MEntry { e, live });
+                self.man.entries.insert(p.to_string(), MEntry { e, live });
             }
             Kind::Symlink => {
                 let tmp = self.temp_name(name);
@@ -1341,7 +1371,7 @@ impl<'a> Engine<'a> {
                     .unwrap_or_default();
                 self.count("written");
                 self.change("symlink", p, &target);
-                self.new.entries.insert(p.to_string(), MEntry { e, live });
+                self.man.entries.insert(p.to_string(), MEntry { e, live });
             }
             Kind::File => {
                 let seen = fsat::lstat_at(d, name)?.map(|s| {
@@ -1382,11 +1412,7 @@ impl<'a> Engine<'a> {
 
     fn fill_hash(&mut self, p: &str, e: &mut Entry) -> Result<()> {
         if e.kind == Kind::File && e.hash.is_none() {
-            let h = self.image.hash_file(p)?;
-            e.hash = Some(h);
-            if let Some(t) = self.tree.get_mut(p) {
-                t.hash = Some(h);
-            }
+            e.hash = Some(self.image.hash_file(p)?);
         }
         Ok(())
     }
@@ -1449,18 +1475,42 @@ impl<'a> Engine<'a> {
                 self.backup(p, d, name, st)?;
             }
         }
-        let tmp = self.temp_name(name);
-        self.journal_tmp(parent, &tmp)?;
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat(d, tmp.as_str(), flags, Mode::from_raw_mode(0o600)) {
-            Ok(fd) => fd,
-            Err(Errno::EXIST) => {
-                rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty())?;
-                rustix::fs::openat(d, tmp.as_str(), flags, Mode::from_raw_mode(0o600))?
-            }
-            Err(err) => {
-                return Err(err).with_context(|| format!("creating a temporary file for {p}"))
+        // A new name: an unnamed O_TMPFILE inode, linked in once complete (nothing to clean up
+        // if the process dies). Replacing a name: a journaled temp name, then rename over it.
+        let anon = if now.is_none() {
+            rustix::fs::openat(
+                d,
+                ".",
+                OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .ok()
+        } else {
+            None
+        };
+        let (fd, tmp) = match anon {
+            Some(fd) => (fd, None),
+            None => {
+                let tmp = self.temp_name(name);
+                self.journal_tmp(parent, &tmp)?;
+                let flags = OFlags::WRONLY
+                    | OFlags::CREATE
+                    | OFlags::EXCL
+                    | OFlags::NOFOLLOW
+                    | OFlags::CLOEXEC;
+                let fd =
+                    match rustix::fs::openat(d, tmp.as_str(), flags, Mode::from_raw_mode(0o600)) {
+                        Ok(fd) => fd,
+                        Err(Errno::EXIST) => {
+                            rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty())?;
+                            rustix::fs::openat(d, tmp.as_str(), flags, Mode::from_raw_mode(0o600))?
+                        }
+                        Err(err) => {
+                            return Err(err)
+                                .with_context(|| format!("creating a temporary file for {p}"))
+                        }
+                    };
+                (fd, Some(tmp))
             }
         };
         let mut f = std::fs::File::from(fd);
@@ -1499,9 +1549,10 @@ impl<'a> Engine<'a> {
             )?;
             Ok(())
         })();
-        drop(f);
         if let Err(err) = copied {
-            let _ = rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty());
+            if let Some(tmp) = &tmp {
+                let _ = rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty());
+            }
             return Err(err);
         }
         self.step();
@@ -1509,14 +1560,27 @@ impl<'a> Engine<'a> {
             Opened::Dir(d) => d,
             _ => bail!("the directory of {p} vanished while syncing"),
         };
-        if let Err(err) = rustix::fs::renameat(d, tmp.as_str(), d, name) {
-            let _ = rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty());
-            if err == Errno::ISDIR || err == Errno::NOTEMPTY {
-                self.keep(p, "a directory here where the image has a file");
-                return Ok(());
+        match &tmp {
+            None => match rustix::fs::linkat(&f, "", d, name, AtFlags::EMPTY_PATH) {
+                Ok(()) => {}
+                Err(Errno::EXIST) => {
+                    self.keep(p, "created here while syncing");
+                    return Ok(());
+                }
+                Err(err) => return Err(err).with_context(|| format!("linking {p} into place")),
+            },
+            Some(tmp) => {
+                if let Err(err) = rustix::fs::renameat(d, tmp.as_str(), d, name) {
+                    let _ = rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty());
+                    if err == Errno::ISDIR || err == Errno::NOTEMPTY {
+                        self.keep(p, "a directory here where the image has a file");
+                        return Ok(());
+                    }
+                    return Err(err).with_context(|| format!("renaming {p} into place"));
+                }
             }
-            return Err(err).with_context(|| format!("renaming {p} into place"));
         }
+        drop(f);
         self.step();
         self.apply_policy(d, name);
         let live = fsat::lstat_at(d, name)?
@@ -1527,7 +1591,7 @@ impl<'a> Engine<'a> {
         }
         self.count("written");
         self.change("write", p, "");
-        self.new.entries.insert(p.to_string(), MEntry { e, live });
+        self.man.entries.insert(p.to_string(), MEntry { e, live });
         Ok(())
     }
 

@@ -271,7 +271,17 @@ fn containerd_newest_image_is_synced_edits_are_kept_and_force_diff_reset_work() 
         .any(|(p, c)| p.ends_with("index.php") && c == "broken\n"));
     // The metrics file carries the sync.
     let prom = std::fs::read_to_string(&w.metrics).unwrap();
-    assert!(prom.contains("mw_experimental_"), "{prom}");
+    assert!(
+        prom.contains(&format!(
+            "mw_experimental_code_image_info{{image=\"{REPO}:2026-11-21-093000-publish-2\""
+        )),
+        "{prom}"
+    );
+    assert!(prom.contains("mw_experimental_code_edits_kept "), "{prom}");
+    assert!(
+        prom.contains("mw_experimental_last_run_success{command=\"sync\"} 1"),
+        "{prom}"
+    );
 }
 
 fn find_files(dir: &Path) -> Vec<(String, String)> {
