@@ -4,7 +4,7 @@
 use crate::cli::{Cli, Command};
 use crate::config::{self, Config};
 use crate::exit_codes::ExitCode;
-use crate::plan::{Component, ComponentPlan};
+use crate::plan::{Component, ComponentPlan, SAMPLE};
 use crate::state::{self, ComponentState, Lock, Run, State};
 use crate::{facts, group, metrics, node, permissions, render, status, sync};
 use anyhow::{bail, Context, Result};
@@ -75,7 +75,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Reset { paths, lock_wait } => {
             let _lock = Lock::acquire(&cfg.state_dir, "reset", Duration::from_secs(lock_wait))?;
-            let done = sync::reset(&cfg, &paths)?;
+            let done = sync::reset(&cfg, &paths)?.bounded(SAMPLE);
             print_plan_list(&[(Component::Code, Ok(done))], cli.json, "reset");
             Ok(ExitCode::Ok)
         }
@@ -122,21 +122,23 @@ fn parse_components(names: &[String]) -> Result<Vec<Component>> {
 }
 
 fn check(cfg: &Config, c: Component) -> Result<ComponentPlan> {
-    match c {
+    let plan = match c {
         Component::Group => group::check(cfg),
         Component::Permissions => permissions::check(cfg),
         Component::Node => node::check(cfg),
         Component::Code => sync::check(cfg),
-    }
+    };
+    plan.map(|p| p.bounded(SAMPLE))
 }
 
 fn converge(cfg: &Config, c: Component) -> Result<ComponentPlan> {
-    match c {
+    let done = match c {
         Component::Group => group::apply(cfg),
         Component::Permissions => permissions::apply(cfg),
         Component::Node => node::apply(cfg),
         Component::Code => sync::apply(cfg),
-    }
+    };
+    done.map(|p| p.bounded(SAMPLE))
 }
 
 /// `plan`: 0 converged, 1 pending, 2 when any check failed. Read-only: writes nothing.
@@ -219,7 +221,7 @@ fn run_sync(
     }
     let _lock = Lock::acquire(&cfg.state_dir, "sync", lock_wait)?;
     let started = Instant::now();
-    let r = sync::sync(cfg, opts);
+    let r = sync::sync(cfg, opts).map(|p| p.bounded(SAMPLE));
     if opts.dry_run {
         let failed = r.is_err();
         print_plan_list(&[(Component::Code, r)], json, "sync --dry-run");
@@ -321,7 +323,7 @@ fn print_plan_list(results: &[(Component, Result<ComponentPlan>)], json: bool, w
             Err(e) => {
                 let _ = writeln!(out, "{c}: error: {e:#}");
             }
-            Ok(p) if p.is_converged() && p.notes.is_empty() => {
+            Ok(p) if p.is_converged() => {
                 let _ = writeln!(
                     out,
                     "{c}: {}",
@@ -331,6 +333,9 @@ fn print_plan_list(results: &[(Component, Result<ComponentPlan>)], json: bool, w
                         "nothing to change"
                     }
                 );
+                for n in &p.notes {
+                    let _ = writeln!(out, "  note: {n}");
+                }
             }
             Ok(p) => {
                 let verb = if what == "plan" { "pending" } else { "changed" };
@@ -351,6 +356,14 @@ fn print_plan_list(results: &[(Component, Result<ComponentPlan>)], json: bool, w
                         } else {
                             format!(" ({})", ch.detail)
                         }
+                    );
+                }
+                let listed = p.changes.len() as u64;
+                if p.total() > listed {
+                    let _ = writeln!(
+                        out,
+                        "  ... and {} more (counts above are exact)",
+                        p.total() - listed
                     );
                 }
                 for n in &p.notes {

@@ -5,7 +5,6 @@
 //! valid JSON object (with `"state": "unknown"` and the reason) and exits 0.
 
 use crate::config::{self, Config};
-use crate::plan::Component;
 use crate::state::State;
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -50,16 +49,9 @@ pub fn fact(config_path: Option<&Path>) -> Value {
         }
     };
     f.insert("state".into(), json!("known"));
-    f.insert("converged".into(), json!(converged(&cfg, &state)));
-    if state.enabled != cfg.enabled {
-        f.insert(
-            "reason".into(),
-            json!(format!(
-                "the switch is {} but the last apply ran with it {}",
-                on_off(cfg.enabled),
-                on_off(state.enabled)
-            )),
-        );
+    f.insert("converged".into(), json!(state.converged(cfg.enabled)));
+    if let Some(why) = state.why_not_converged(cfg.enabled) {
+        f.insert("reason".into(), json!(why));
     }
     f.insert(
         "last_apply".into(),
@@ -89,22 +81,4 @@ pub fn fact(config_path: Option<&Path>) -> Value {
         f.insert(c.name().into(), Value::Object(v));
     }
     json!({ "mw_experimental": f })
-}
-
-/// Converged: the last apply ran with the switch as it is now, succeeded, and left every
-/// component it covers converged.
-pub fn converged(cfg: &Config, state: &State) -> bool {
-    state.enabled == cfg.enabled
-        && state.last_apply.as_ref().is_some_and(|r| r.result == "ok")
-        && Component::DEFAULT
-            .iter()
-            .all(|c| state.components.get(c).is_some_and(|s| s.converged))
-}
-
-fn on_off(b: bool) -> &'static str {
-    if b {
-        "on"
-    } else {
-        "off"
-    }
 }

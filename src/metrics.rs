@@ -22,7 +22,7 @@ pub fn render(state: &State, enabled: bool) -> String {
         "Whether the switch is on (1) or off (0).",
         &[(String::new(), b(enabled))],
     );
-    let converged = state.enabled == enabled && state.components.values().all(|c| c.converged);
+    let converged = state.converged(enabled);
     family(
         "converged",
         "Whether every component was converged by the last runs.",

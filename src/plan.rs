@@ -87,7 +87,29 @@ pub struct ComponentPlan {
     pub metrics: BTreeMap<String, f64>,
 }
 
+/// How many changes and notes a report keeps; the exact totals stay in `counts`.
+pub const SAMPLE: usize = 50;
+
 impl ComponentPlan {
+    /// Keeps at most `n` changes and notes, so the state file, the fact and the output stay
+    /// small whatever the tree's size. The total stays exact: a component without `counts`
+    /// gets `counts["changes"]` before its list is cut.
+    pub fn bounded(mut self, n: usize) -> Self {
+        if self.changes.len() > n {
+            if self.counts.is_empty() {
+                self.counts
+                    .insert("changes".into(), self.changes.len() as u64);
+            }
+            self.changes.truncate(n);
+        }
+        if self.notes.len() > n {
+            let more = self.notes.len() - n;
+            self.notes.truncate(n);
+            self.notes.push(format!("... and {more} more"));
+        }
+        self
+    }
+
     /// Nothing to change (notes do not count: a missing user is reported, not pending).
     pub fn is_converged(&self) -> bool {
         self.changes.is_empty() && self.counts.values().all(|&n| n == 0)
@@ -100,5 +122,34 @@ impl ComponentPlan {
         } else {
             self.counts.values().sum()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_keeps_a_sample_and_the_exact_total() {
+        let mut p = ComponentPlan::default();
+        for i in 0..120 {
+            p.changes.push(Change::new("write", format!("f{i}"), ""));
+            p.notes.push(format!("note {i}"));
+        }
+        let b = p.bounded(50);
+        assert_eq!(b.changes.len(), 50);
+        assert_eq!(b.total(), 120, "the total stays exact");
+        assert_eq!(b.notes.len(), 51);
+        assert_eq!(b.notes[50], "... and 70 more");
+        assert!(!b.is_converged());
+    }
+
+    #[test]
+    fn bounded_leaves_small_plans_alone() {
+        let mut p = ComponentPlan::default();
+        p.changes.push(Change::new("add-member", "alice", ""));
+        let b = p.clone().bounded(50);
+        assert_eq!(b.changes, p.changes);
+        assert!(b.counts.is_empty());
     }
 }

@@ -75,6 +75,43 @@ pub fn now() -> (String, u64) {
 }
 
 impl State {
+    /// Converged: the last apply ran with the switch as `enabled` says now, succeeded, and left
+    /// every component that `plan` covers by default converged. The fact, `status` and the
+    /// metrics all use this one definition.
+    pub fn converged(&self, enabled: bool) -> bool {
+        self.why_not_converged(enabled).is_none()
+    }
+
+    /// The first reason the node is not converged, in words; `None` when it is.
+    pub fn why_not_converged(&self, enabled: bool) -> Option<String> {
+        let on_off = |b: bool| if b { "on" } else { "off" };
+        if self.enabled != enabled {
+            return Some(format!(
+                "the switch is {} but the last apply ran with it {}",
+                on_off(enabled),
+                on_off(self.enabled)
+            ));
+        }
+        match &self.last_apply {
+            None => return Some("apply has not run yet".into()),
+            Some(r) if r.result != "ok" => {
+                return Some(format!(
+                    "the last apply failed: {}",
+                    r.error.as_deref().unwrap_or("unknown error")
+                ))
+            }
+            Some(_) => {}
+        }
+        for c in Component::DEFAULT {
+            match self.components.get(&c) {
+                None => return Some(format!("{c} has never been applied")),
+                Some(s) if !s.converged => return Some(format!("{c} is not converged")),
+                Some(_) => {}
+            }
+        }
+        None
+    }
+
     /// Reads the state file; `Ok(None)` when there is none yet.
     pub fn read(path: &Path) -> Result<Option<State>> {
         let bytes = match std::fs::read(path) {

@@ -20,21 +20,13 @@ pub fn render(cfg: &Config, state: Option<&State>) -> String {
         );
         return out;
     };
-    let _ = writeln!(
-        out,
-        "converged:   {}",
-        if crate::facts::converged(cfg, state) {
-            "yes"
-        } else {
-            "no"
+    match state.why_not_converged(cfg.enabled) {
+        None => {
+            let _ = writeln!(out, "converged:   yes");
         }
-    );
-    if state.enabled != cfg.enabled {
-        let _ = writeln!(
-            out,
-            "             the last apply ran with the switch {}",
-            if state.enabled { "on" } else { "off" }
-        );
+        Some(why) => {
+            let _ = writeln!(out, "converged:   no: {why}");
+        }
     }
     for (name, run) in [
         ("last apply", &state.last_apply),
@@ -72,16 +64,22 @@ pub fn render(cfg: &Config, state: Option<&State>) -> String {
             s.at,
             s.changed
         );
-        for (k, n) in &s.drift {
-            let _ = writeln!(out, "               fixed {n} {k}");
+        let counts: Vec<String> = s
+            .drift
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        if !counts.is_empty() {
+            let _ = writeln!(out, "             {}", counts.join(", "));
         }
         for note in s.plan.notes.iter().take(10) {
-            let _ = writeln!(out, "               note: {note}");
+            let _ = writeln!(out, "             note: {note}");
         }
         if s.plan.notes.len() > 10 {
             let _ = writeln!(
                 out,
-                "               ... and {} more notes (--json for all)",
+                "             ... and {} more notes (--json for all)",
                 s.plan.notes.len() - 10
             );
         }

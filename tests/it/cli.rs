@@ -320,7 +320,9 @@ fn a_second_apply_fails_with_the_holders_pid_when_the_lock_is_held() {
     // Waiting long enough, the second run gets the lock once the first one is done.
     let third = w.run(&["apply", "node", "--lock-wait", "20"]);
     assert!(!third.stderr.contains("holds the lock"), "{}", third.stderr);
-    third.stderr_has("waiting for another run").stderr_has("kubectl did not finish");
+    third
+        .stderr_has("waiting for another run")
+        .stderr_has("kubectl did not finish");
     assert_eq!(
         first.wait().unwrap().code(),
         Some(2),
