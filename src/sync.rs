@@ -134,6 +134,21 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
         "read the image tree by {:.3}s",
         started.elapsed().as_secs_f64()
     );
+    if opts.dry_run && fsat::open_dir_path(&cfg.code.path).err() == Some(Errno::NOENT) {
+        // Nothing there yet: everything would be written.
+        let mut plan = ComponentPlan {
+            notes,
+            ..Default::default()
+        };
+        plan.counts.insert("written".into(), tree.len() as u64);
+        plan.changes.push(Change::new(
+            "create",
+            cfg.code.path.display().to_string(),
+            format!("{} entries from {}", tree.len(), img.reference),
+        ));
+        plan.observed = json!({"image": img.reference, "digest": img.digest, "files": tree.len(), "dry_run": true});
+        return Ok(plan);
+    }
     let old = Manifest::read(cfg)?;
     log::debug!(
         "read the manifest by {:.3}s",
@@ -851,6 +866,7 @@ impl Outcome {
             counts: self
                 .counts
                 .iter()
+                .filter(|(_, v)| **v > 0)
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
             notes: self.notes.clone(),
