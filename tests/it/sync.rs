@@ -333,6 +333,30 @@ fn unchanged_image_leaves_the_tree_alone_and_switch_off_does_nothing() {
 }
 
 #[test]
+fn missing_image_source_is_a_clear_error_and_nothing_is_written() {
+    let w = World::new("");
+    let layout = w.path().join("empty-layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    w.write_config(&format!(
+        "enabled: true\nimage: {{ source: oci-layout, location: {} }}\n",
+        layout.display()
+    ));
+    w.run(&["sync"])
+        .code(2)
+        .stderr_has("reading the OCI layout index")
+        .stderr_has(&layout.display().to_string());
+    assert!(!w.code.exists());
+    w.write_config(&format!(
+        "enabled: true\nimage: {{ source: containerd, containerd_address: {} }}\n",
+        w.path().join("no.sock").display()
+    ));
+    w.run(&["plan", "code"])
+        .code(2)
+        .stderr_has("check that containerd runs");
+    assert!(!w.code.exists());
+}
+
+#[test]
 fn oci_layout_with_whiteouts_follows_the_newest_image() {
     let w = World::new("");
     let layout = Layout::new(w.path());
