@@ -1402,6 +1402,7 @@ impl<'a> Engine<'a> {
                 rustix::fs::renameat(d, tmp.as_str(), d, name)
                     .with_context(|| format!("renaming the symlink into place at {p}"))?;
                 self.step();
+                self.apply_policy(d, name);
                 let live = fsat::lstat_at(d, name)?
                     .map(|s| quick(&s))
                     .unwrap_or_default();
