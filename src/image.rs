@@ -220,7 +220,8 @@ impl Store {
             unreachable!()
         };
         let mut c = Command::new("ctr");
-        c.arg("--address")
+        c.args(["--connect-timeout", "5s"])
+            .arg("--address")
             .arg(address)
             .arg("--namespace")
             .arg(namespace);
@@ -364,7 +365,8 @@ fn list(store: &Store, cfg: &Config) -> Result<Vec<Candidate>> {
                 .context("running `ctr images ls` (install the containerd package)")?;
             if !o.status.success() {
                 bail!(
-                    "listing images in {}: ctr images ls failed: {}",
+                    "listing images in {}: ctr images ls failed: {}; check that containerd runs \
+                     and that image.containerd_address is its socket",
                     store.describe(),
                     String::from_utf8_lossy(&o.stderr).trim()
                 );

@@ -134,6 +134,21 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
         "read the image tree by {:.3}s",
         started.elapsed().as_secs_f64()
     );
+    if opts.dry_run && fsat::open_dir_path(&cfg.code.path).err() == Some(Errno::NOENT) {
+        // Nothing there yet: everything would be written.
+        let mut plan = ComponentPlan {
+            notes,
+            ..Default::default()
+        };
+        plan.counts.insert("written".into(), tree.len() as u64);
+        plan.changes.push(Change::new(
+            "create",
+            cfg.code.path.display().to_string(),
+            format!("{} entries from {}", tree.len(), img.reference),
+        ));
+        plan.observed = json!({"image": img.reference, "digest": img.digest, "files": tree.len(), "dry_run": true});
+        return Ok(plan);
+    }
     let old = Manifest::read(cfg)?;
     log::debug!(
         "read the manifest by {:.3}s",
@@ -680,14 +695,19 @@ impl Manifest {
                 return Err(e).with_context(|| format!("reading the manifest {}", p.display()))
             }
         };
-        let mut entries = BTreeMap::new();
+        // The file is written sorted: collect, then build the map in bulk.
+        let mut entries = Vec::with_capacity(text.len() / 150);
         for (i, line) in text.lines().enumerate() {
             if line.starts_with('#') || line.is_empty() {
                 continue;
             }
             let parse = || -> Option<(String, MEntry)> {
-                let f: Vec<&str> = line.split('\t').collect();
-                if f.len() != 10 {
+                let mut f = [""; 10];
+                let mut it = line.split('\t');
+                for slot in f.iter_mut() {
+                    *slot = it.next()?;
+                }
+                if it.next().is_some() {
                     return None;
                 }
                 let (mt, mn) = f[4].split_once('.')?;
@@ -714,9 +734,11 @@ impl Manifest {
                     i + 1
                 )
             })?;
-            entries.insert(k, v);
+            entries.push((k, v));
         }
-        Ok(Manifest { entries })
+        Ok(Manifest {
+            entries: entries.into_iter().collect(),
+        })
     }
 
     fn write(&self, cfg: &Config) -> Result<()> {
@@ -851,6 +873,7 @@ impl Outcome {
             counts: self
                 .counts
                 .iter()
+                .filter(|(_, v)| **v > 0)
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
             notes: self.notes.clone(),
@@ -1064,6 +1087,7 @@ impl<'a> Engine<'a> {
     }
 
     fn run(mut self) -> Result<Outcome> {
+        let t0 = Instant::now();
         let mut dc = self.open_root()?;
         let files = self.tree.len() as u64;
         // Phase 1: what the image dropped, children first.
@@ -1078,6 +1102,10 @@ impl<'a> Engine<'a> {
         for p in gone {
             self.delete(&mut dc, &p)?;
         }
+        log::debug!(
+            "phase 1 (deletions) done in {:.3}s",
+            t0.elapsed().as_secs_f64()
+        );
         // Phase 2: directories and symlinks in order; files decided and queued.
         let tree = std::mem::take(&mut self.tree);
         let mut blocked: Option<&str> = None;
@@ -1092,6 +1120,10 @@ impl<'a> Engine<'a> {
             }
         }
         self.tree = tree;
+        log::debug!(
+            "phase 2 (decisions) done in {:.3}s",
+            t0.elapsed().as_secs_f64()
+        );
         // Phase 3: file contents (layer order for layered images).
         let wanted: Vec<String> = self.pending.keys().cloned().collect();
         if !self.opts.dry_run && !wanted.is_empty() {
@@ -1103,6 +1135,10 @@ impl<'a> Engine<'a> {
                 self.change("write", p, "dry run");
             }
         }
+        log::debug!(
+            "phase 3 (file contents) done in {:.3}s",
+            t0.elapsed().as_secs_f64()
+        );
         // Phase 4 (reset): what engineers added in scope goes, after a backup.
         if self.opts.remove_added {
             let mut added = Vec::new();
@@ -1366,6 +1402,7 @@ impl<'a> Engine<'a> {
                 rustix::fs::renameat(d, tmp.as_str(), d, name)
                     .with_context(|| format!("renaming the symlink into place at {p}"))?;
                 self.step();
+                self.apply_policy(d, name);
                 let live = fsat::lstat_at(d, name)?
                     .map(|s| quick(&s))
                     .unwrap_or_default();

@@ -333,6 +333,30 @@ fn unchanged_image_leaves_the_tree_alone_and_switch_off_does_nothing() {
 }
 
 #[test]
+fn missing_image_source_is_a_clear_error_and_nothing_is_written() {
+    let w = World::new("");
+    let layout = w.path().join("empty-layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    w.write_config(&format!(
+        "enabled: true\nimage: {{ source: oci-layout, location: {} }}\n",
+        layout.display()
+    ));
+    w.run(&["sync"])
+        .code(2)
+        .stderr_has("reading the OCI layout index")
+        .stderr_has(&layout.display().to_string());
+    assert!(!w.code.exists());
+    w.write_config(&format!(
+        "enabled: true\nimage: {{ source: containerd, containerd_address: {} }}\n",
+        w.path().join("no.sock").display()
+    ));
+    w.run(&["plan", "code"])
+        .code(2)
+        .stderr_has("check that containerd runs");
+    assert!(!w.code.exists());
+}
+
+#[test]
 fn oci_layout_with_whiteouts_follows_the_newest_image() {
     let w = World::new("");
     let layout = Layout::new(w.path());
@@ -615,7 +639,11 @@ fn sigkill_at_any_point_is_completed_by_the_next_run() {
         let out = w.run(&["--json", "sync"]);
         out.code(0);
         let code = &out.json()["components"]["code"];
-        assert_eq!(code["counts"]["kept_edits"], 0, "kill point {n}: {code}");
+        assert!(
+            code["counts"].get("kept_edits").is_none(),
+            "kill point {n}: {code}"
+        );
+        assert_eq!(code["observed"]["local_edits"], 0, "kill point {n}: {code}");
         assert_eq!(snapshot(&w.code), reference, "kill point {n}");
         w.run(&["diff"]).code(0);
     }
