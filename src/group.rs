@@ -28,7 +28,11 @@ struct Seen {
     missing_users: Vec<String>,
 }
 
-fn look(cfg: &Config) -> Result<Seen> {
+/// The configured group as the system knows it: `None` when neither the name nor the gid
+/// exists yet. A name with another gid, or the gid under another name, is an error naming both.
+/// The permissions component calls this too, so it never grants the tree to a gid that belongs
+/// to some other group.
+pub fn resolve(cfg: &Config) -> Result<Option<Group>> {
     let d = &cfg.deployers;
     let by_name = Group::from_name(&d.group)
         .with_context(|| format!("looking up group {:?} in the group database", d.group))?;
@@ -58,6 +62,13 @@ fn look(cfg: &Config) -> Result<Seen> {
             other.name
         );
     }
+    Ok(by_name)
+}
+
+fn look(cfg: &Config) -> Result<Seen> {
+    let d = &cfg.deployers;
+    let by_name = resolve(cfg)?;
+    let exists = by_name.is_some();
     let members = by_name.map(|g| g.mem).unwrap_or_default();
     let mut to_add = Vec::new();
     let mut missing_users = Vec::new();
@@ -71,7 +82,7 @@ fn look(cfg: &Config) -> Result<Seen> {
         }
     }
     Ok(Seen {
-        exists: by_gid.is_some(),
+        exists,
         members,
         to_add,
         missing_users,

@@ -56,6 +56,13 @@ impl Policy {
                 cfg.code.path.display()
             );
         };
+        crate::group::resolve(cfg).with_context(|| {
+            format!(
+                "refusing to grant {} to deployers.gid {}",
+                cfg.code.path.display(),
+                cfg.deployers.gid
+            )
+        })?;
         Ok(Policy {
             root: cfg.code.path.clone(),
             owner_uid: user.uid.as_raw(),

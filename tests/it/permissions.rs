@@ -11,12 +11,16 @@ use std::path::Path;
 use std::process::Command;
 
 fn config(w: &World, owner: &str, g: &GroupGuard, members: &[&str]) -> String {
+    config_for(w, owner, &g.name, g.gid, members)
+}
+
+fn config_for(w: &World, owner: &str, group: &str, gid: u32, members: &[&str]) -> String {
     format!(
         "enabled: true\ncode: {{ path: {}, owner: {owner}, mode: \"2775\" }}\n\
          deployers: {{ group: {}, gid: {}, members: [{}] }}\n",
         w.code.display(),
-        g.name,
-        g.gid,
+        group,
+        gid,
         members.join(", ")
     )
 }
@@ -280,4 +284,19 @@ fn code_path_that_is_a_symlink_is_refused() {
         .code(2)
         .stderr_has("symlink");
     assert_same(&before, &snapshot(&elsewhere));
+}
+
+#[test]
+fn gid_held_by_another_group_is_never_granted_the_tree() {
+    let other = GroupGuard::create();
+    let w = World::new("");
+    let wanted = GroupGuard::reserve();
+    w.write_config(&config_for(&w, "root", &wanted.name, other.gid, &[]));
+    write(&w.code.join("x.php"), 0o644);
+    let before = snapshot(&w.code);
+    w.run(&["apply", "group", "permissions"])
+        .code(2)
+        .stderr_has(&other.name)
+        .stderr_has("refusing to grant");
+    assert_same(&before, &snapshot(&w.code));
 }
