@@ -989,28 +989,10 @@ impl Image {
         let Backend::Directory { root, location } = &self.backend else {
             bail!("hash_file is only needed for directory images")
         };
-        let (parent, name) = fsat::split(rel);
         let mut dc = fsat::DirCache::new(rustix::io::dup(root)?);
-        let fsat::Opened::Dir(d) = dc.open(parent)? else {
-            bail!(
-                "{rel:?} vanished from the image directory {}",
-                location.display()
-            );
-        };
-        let fd = rustix::fs::openat(
-            d,
-            name,
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .with_context(|| {
-            format!(
-                "opening {rel:?} in the image directory {}",
-                location.display()
-            )
-        })?;
+        let mut file = open_in_directory(&mut dc, rel, location)?;
         let mut hs = blake3::Hasher::new();
-        std::io::copy(&mut std::fs::File::from(fd), &mut hs)?;
+        std::io::copy(&mut file, &mut hs)?;
         Ok(*hs.finalize().as_bytes())
     }
 
@@ -1025,28 +1007,7 @@ impl Image {
             Backend::Directory { root, location } => {
                 let mut dc = fsat::DirCache::new(rustix::io::dup(root)?);
                 for rel in wanted {
-                    let (parent, name) = fsat::split(rel);
-                    let fsat::Opened::Dir(d) = dc.open(parent)? else {
-                        bail!(
-                            "{rel:?} vanished from the image directory {}",
-                            location.display()
-                        );
-                    };
-                    let fd = rustix::fs::openat(
-                        d,
-                        name,
-                        rustix::fs::OFlags::RDONLY
-                            | rustix::fs::OFlags::NOFOLLOW
-                            | rustix::fs::OFlags::CLOEXEC,
-                        rustix::fs::Mode::empty(),
-                    )
-                    .with_context(|| {
-                        format!(
-                            "opening {rel:?} in the image directory {}",
-                            location.display()
-                        )
-                    })?;
-                    f(rel, &mut std::fs::File::from(fd))?;
+                    f(rel, &mut open_in_directory(&mut dc, rel, location)?)?;
                 }
                 Ok(())
             }
@@ -1125,6 +1086,31 @@ fn remove_below<V>(m: &mut BTreeMap<String, V>, path: &str, and_self: bool) {
 /// For messages: the path of a tree entry in the image.
 pub fn image_path(cfg: &Config, rel: &str) -> PathBuf {
     Path::new(&cfg.image.path).join(rel)
+}
+
+/// Opens the file `rel` of a `directory` image for reading: one directory at a time from the
+/// image root, never through a symlink.
+fn open_in_directory(dc: &mut fsat::DirCache, rel: &str, location: &Path) -> Result<std::fs::File> {
+    let (parent, name) = fsat::split(rel);
+    let fsat::Opened::Dir(d) = dc.open(parent)? else {
+        bail!(
+            "{rel:?} vanished from the image directory {}",
+            location.display()
+        );
+    };
+    let fd = rustix::fs::openat(
+        d,
+        name,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .with_context(|| {
+        format!(
+            "opening {rel:?} in the image directory {}",
+            location.display()
+        )
+    })?;
+    Ok(std::fs::File::from(fd))
 }
 
 #[cfg(test)]
