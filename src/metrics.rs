@@ -25,7 +25,7 @@ pub fn render(state: &State, enabled: bool) -> String {
     let converged = state.converged(enabled);
     family(
         "converged",
-        "Whether every component was converged by the last runs.",
+        "Whether the node is converged, as the fact says: the last apply ran with the switch as it is now, succeeded, and left group, permissions and node converged.",
         &[(String::new(), b(converged))],
     );
 

@@ -1383,13 +1383,7 @@ impl<'a> Engine<'a> {
                     }
                     self.step();
                 }
-                self.apply_policy(d, name);
-                let live = fsat::lstat_at(d, name)?
-                    .map(|s| quick(&s))
-                    .unwrap_or_default();
-                self.count("written");
-                self.change("mkdir", p, "");
-                self.man.entries.insert(p.to_string(), MEntry { e, live });
+                self.finish_written(d, name, p, e, "mkdir", "")?;
             }
             Kind::Symlink => {
                 let tmp = self.temp_name(name);
@@ -1402,13 +1396,7 @@ impl<'a> Engine<'a> {
                 rustix::fs::renameat(d, tmp.as_str(), d, name)
                     .with_context(|| format!("renaming the symlink into place at {p}"))?;
                 self.step();
-                self.apply_policy(d, name);
-                let live = fsat::lstat_at(d, name)?
-                    .map(|s| quick(&s))
-                    .unwrap_or_default();
-                self.count("written");
-                self.change("symlink", p, &target);
-                self.man.entries.insert(p.to_string(), MEntry { e, live });
+                self.finish_written(d, name, p, e, "symlink", &target)?;
             }
             Kind::File => {
                 let seen = fsat::lstat_at(d, name)?.map(|s| {
@@ -1619,15 +1607,30 @@ impl<'a> Engine<'a> {
         }
         drop(f);
         self.step();
+        if let Some(t) = self.tree.get_mut(p) {
+            t.hash = e.hash;
+        }
+        self.finish_written(d, name, p, e, "write", "")
+    }
+
+    /// After an entry is in place under its final name: the permissions policy, then the
+    /// manifest records it with its live inode, mtime and ctime (the cheap "untouched since"
+    /// check of the next run), and the report counts it.
+    fn finish_written(
+        &mut self,
+        d: BorrowedFd<'_>,
+        name: &str,
+        p: &str,
+        e: Entry,
+        action: &str,
+        detail: &str,
+    ) -> Result<()> {
         self.apply_policy(d, name);
         let live = fsat::lstat_at(d, name)?
             .map(|s| quick(&s))
             .unwrap_or_default();
-        if let Some(t) = self.tree.get_mut(p) {
-            t.hash = e.hash;
-        }
         self.count("written");
-        self.change("write", p, "");
+        self.change(action, p, detail);
         self.man.entries.insert(p.to_string(), MEntry { e, live });
         Ok(())
     }
