@@ -17,7 +17,7 @@
 //! follows a symlink anyway.
 
 use crate::config::{Config, ImageSource};
-use crate::fsat;
+use crate::fs::at as fsat;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -490,14 +490,13 @@ fn open_directory(cfg: &Config) -> Result<Image> {
         .trim_matches('/')
         .to_string();
     for comp in inner.split('/').filter(|c| !c.is_empty()) {
-        fd = rustix::fs::openat(&fd, comp, fsat::DIR_FLAGS, rustix::fs::Mode::empty())
-            .with_context(|| {
-                format!(
-                    "opening {} inside the image directory {} (image.path; a symlink is refused)",
-                    cfg.image.path.display(),
-                    location.display()
-                )
-            })?;
+        fd = fsat::open_dir_at(fd.as_fd(), comp).with_context(|| {
+            format!(
+                "opening {} inside the image directory {} (image.path; a symlink is refused)",
+                cfg.image.path.display(),
+                location.display()
+            )
+        })?;
     }
     let (tree, digest, bad) = scan_directory(fd.as_fd())
         .with_context(|| format!("reading the image directory {}", location.display()))?;
@@ -521,93 +520,24 @@ struct Scanned {
     ino: u64,
 }
 
-/// Scans a directory image with a few threads (directories are the unit of work): its tree,
-/// and the digest over the sorted listing (path, type, mode, size, mtime, ctime, inode, target).
+/// Scans a directory image with a few threads (the shared walker, one visitor per thread): its
+/// tree, and the digest over the sorted listing (path, type, mode, size, mtime, ctime, inode,
+/// target).
 fn scan_directory(root: BorrowedFd<'_>) -> Result<(Tree, String, Vec<String>)> {
-    use std::sync::{Condvar, Mutex};
-    let dev = rustix::fs::fstat(root)?.st_dev;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 4);
-    // Each worker goes depth-first through its own stack of directories and hands half of it
-    // to the shared queue only when another worker is idle (few wake-ups, no lock per entry).
-    struct Shared {
-        queue: Vec<(String, OwnedFd)>,
-        idle: usize,
-        done: bool,
-        err: Option<anyhow::Error>,
-    }
-    let shared = Mutex::new(Shared {
-        queue: vec![(String::new(), rustix::io::dup(root)?)],
-        idle: 0,
-        done: false,
-        err: None,
-    });
-    let idle_hint = std::sync::atomic::AtomicUsize::new(0);
-    let cv = Condvar::new();
-    let results: Vec<(Vec<Scanned>, Vec<String>)> = std::thread::scope(|sc| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                sc.spawn(|| {
-                    use std::sync::atomic::Ordering::Relaxed;
-                    let mut out = Vec::new();
-                    let mut bad = Vec::new();
-                    let mut local: Vec<(String, OwnedFd)> = Vec::new();
-                    loop {
-                        let (prefix, fd) = match local.pop() {
-                            Some(job) => job,
-                            None => {
-                                let mut g = shared.lock().unwrap();
-                                loop {
-                                    if g.done || g.err.is_some() {
-                                        return (out, bad);
-                                    }
-                                    if let Some(job) = g.queue.pop() {
-                                        break job;
-                                    }
-                                    g.idle += 1;
-                                    idle_hint.store(g.idle, Relaxed);
-                                    if g.idle == threads {
-                                        g.done = true;
-                                        cv.notify_all();
-                                        return (out, bad);
-                                    }
-                                    g = cv.wait(g).unwrap();
-                                    g.idle -= 1;
-                                    idle_hint.store(g.idle, Relaxed);
-                                }
-                            }
-                        };
-                        match scan_one(fd, &prefix, dev, &mut out, &mut bad) {
-                            Ok(subs) => local.extend(subs),
-                            Err(e) => {
-                                let mut g = shared.lock().unwrap();
-                                g.err.get_or_insert(e);
-                                cv.notify_all();
-                                return (out, bad);
-                            }
-                        }
-                        if idle_hint.load(Relaxed) > 0 && local.len() > 1 {
-                            let give: Vec<_> = local.drain(..local.len() / 2).collect();
-                            let mut g = shared.lock().unwrap();
-                            g.queue.extend(give);
-                            cv.notify_all();
-                        }
-                    }
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    if let Some(e) = shared.into_inner().unwrap().err {
-        return Err(e);
-    }
+    let walk = crate::fs::walk::Walk {
+        threads,
+        ..Default::default()
+    };
+    let workers = walk.parallel(root, "", ScanVisitor::default)?;
     let mut all: Vec<Scanned> = Vec::new();
     let mut bad = Vec::new();
-    for (o, b) in results {
-        all.extend(o);
-        bad.extend(b);
+    for w in workers {
+        all.extend(w.out);
+        bad.extend(w.bad);
     }
     all.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
     let mut listing = blake3::Hasher::new();
@@ -637,63 +567,36 @@ fn scan_directory(root: BorrowedFd<'_>) -> Result<(Tree, String, Vec<String>)> {
     Ok((tree, digest, bad))
 }
 
-/// Reads one directory: its entries into `out`, its subdirectories (opened) returned.
-fn scan_one(
-    fd: OwnedFd,
-    prefix: &str,
-    dev: u64,
-    out: &mut Vec<Scanned>,
-    bad: &mut Vec<String>,
-) -> Result<Vec<(String, OwnedFd)>> {
-    let mut rd = rustix::fs::Dir::new(fd).with_context(|| format!("reading {prefix:?}"))?;
-    let mut names = Vec::new();
-    for e in rd.by_ref() {
-        let e = e.with_context(|| format!("reading {prefix:?}"))?;
-        let n = e.file_name().to_bytes();
-        if n == b"." || n == b".." {
-            continue;
-        }
-        match std::str::from_utf8(n) {
-            Ok(s) => names.push(s.to_string()),
-            Err(_) => bad.push(format!("{prefix}/{}", String::from_utf8_lossy(n))),
-        }
-    }
-    let dir = rd.fd()?;
-    let mut subs = Vec::new();
-    for name in names {
-        let rel = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
+/// One thread's part of a directory image scan.
+#[derive(Default)]
+struct ScanVisitor {
+    out: Vec<Scanned>,
+    bad: Vec<String>,
+}
+
+impl crate::fs::walk::Visitor for ScanVisitor {
+    fn entry(&mut self, e: &crate::fs::walk::Entry<'_>) -> Result<bool> {
+        let Some(rel) = e.rel_utf8() else {
+            self.bad.push(e.rel());
+            return Ok(false);
         };
-        let Some(st) = fsat::lstat_at(dir, &name)? else {
-            continue;
+        let Some(st) = e.lstat().with_context(|| format!("lstat {rel:?}"))? else {
+            return Ok(false);
         };
         let kind = match fsat::file_type(&st) {
             rustix::fs::FileType::Directory => Kind::Dir,
             rustix::fs::FileType::RegularFile => Kind::File,
             rustix::fs::FileType::Symlink => Kind::Symlink,
-            _ => continue,
+            _ => return Ok(false),
         };
         let target = if kind == Kind::Symlink {
-            let t = rustix::fs::readlinkat(dir, name.as_str(), Vec::new())?;
+            let t = rustix::fs::readlinkat(e.dir, e.name, Vec::new())
+                .with_context(|| format!("reading the symlink {rel:?}"))?;
             Some(String::from_utf8_lossy(t.as_bytes()).into_owned())
         } else {
             None
         };
-        if kind == Kind::Dir && st.st_dev == dev {
-            match rustix::fs::openat(
-                dir,
-                name.as_str(),
-                fsat::DIR_FLAGS,
-                rustix::fs::Mode::empty(),
-            ) {
-                Ok(sub) => subs.push((rel.clone(), sub)),
-                Err(rustix::io::Errno::NOENT) => continue,
-                Err(e) => return Err(e).with_context(|| format!("opening {rel:?}")),
-            }
-        }
-        out.push(Scanned {
+        self.out.push(Scanned {
             entry: Entry {
                 kind,
                 mode: clean_mode(kind, st.st_mode),
@@ -711,8 +614,8 @@ fn scan_one(
             ino: st.st_ino,
             rel,
         });
+        Ok(kind == Kind::Dir)
     }
-    Ok(subs)
 }
 
 /// Permission bits as we will write them: setuid/setgid dropped from files.

@@ -15,15 +15,14 @@ pub mod plan;
 pub mod state;
 pub mod status;
 
-pub mod acl;
 pub mod group;
 pub mod permissions;
-pub mod walk;
+pub mod policy;
 
 pub mod node;
 pub mod render;
 
-pub mod fsat;
+pub mod fs;
 pub mod image;
 pub mod sync;
 

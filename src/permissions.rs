@@ -1,341 +1,28 @@
-//! The `permissions` component: owner, group, mode and POSIX ACLs over the code tree, so that
-//! every engineer of the deployer group can edit every file, files they create stay
-//! group-writable, and the pod's php-fpm (uid 33, "other") can read everything.
+//! The `permissions` component: the permission policy ([`crate::policy`]) over every entry of
+//! the code tree, checked (plan) or converged (apply), with exact counts and a bounded sample.
 //!
-//! This module holds the policy (what each entry must look like, decided from one `fstat` and
-//! its ACL attributes, as pure functions a unit test can drive) and the writes that converge an
-//! entry through its file descriptor. The traversal that feeds it lives in [`crate::walk`].
-//!
-//! The policy, exactly (the README's "Permissions policy" section says the same):
-//!
-//! * root directory (`code.path`): owner `code.owner`, group `deployers.gid`, mode exactly
-//!   `code.mode` (the mode's group bits are the ACL mask), access ACL entry
-//!   `group:<gid>:rwx`, default ACL as for every directory.
-//! * every directory: group `deployers.gid`; setgid bit set; `other` gets at least `r-x`;
-//!   access ACL `group:<gid>:rwx` and `mask::rwx` (other entries kept);
-//!   default ACL exactly `user::rwx group::r-x group:<gid>:rwx mask::rwx other::r-x`.
-//! * every regular file with one link: group unchanged; `other` gets at least `r--`;
-//!   `group:<gid>` is effectively (entry AND mask) `rw-`, or `rwx` when the owner has `x`;
-//!   when it is not, the entry is set to exactly that and the mask widened to include it.
-//!   A file created by `touch` under the default ACL (`group:<gid>:rwx`, `mask::rw-`) is
-//!   therefore already converged.
-//! * never changed: file owners (except the root directory), symlinks (never followed),
-//!   regular files with more than one link, FIFOs, sockets, devices, anything on another
-//!   filesystem; the group, setuid and setgid bits of files.
+//! The walk is [`crate::fs::walk`]'s parallel traversal; this module only supplies what to do
+//! with each entry: a directory is examined on the descriptor the walk opened, a regular file
+//! is opened through [`crate::fs::at::open_regular`] (one link, same filesystem, never through a
+//! symlink) and examined on that descriptor, symlinks are counted and never followed, FIFOs,
+//! sockets and devices are skipped. It must never change an entry through a path, and never
+//! change an inode that may also live outside the tree.
 
-use crate::acl::{self, Acl, Tag, R, RWX, W, X};
 use crate::config::Config;
-use crate::plan::{Change, ComponentPlan};
-use crate::walk::{self, WalkOptions};
+use crate::fs::at::{self, Regular};
+use crate::fs::walk::{self, BeforeOpen, Entry, Skip, Visitor, Walk};
+use crate::plan::{Change, ComponentPlan, SAMPLE};
+use crate::policy::{display_rel, examine, write_fix, Fix, Kind, Policy, KINDS};
 use anyhow::{bail, Context, Result};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, XattrFlags};
+use rustix::fs::{FileType, Mode};
 use rustix::io::Errno;
-use std::ffi::OsStr;
+use serde_json::json;
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::PathBuf;
-
-/// The resolved policy (uids and gids looked up), for the walk and for `sync`.
-#[derive(Clone, Debug)]
-pub struct Policy {
-    pub root: std::path::PathBuf,
-    pub owner_uid: u32,
-    pub gid: u32,
-    pub root_mode: u32,
-}
-
-impl Policy {
-    pub fn from_config(cfg: &Config) -> Result<Policy> {
-        let owner = &cfg.code.owner;
-        let user = nix::unistd::User::from_name(owner)
-            .with_context(|| format!("looking up code.owner {owner:?} in the user database"))?;
-        let Some(user) = user else {
-            bail!(
-                "code.owner: user {owner:?} does not exist, so {} cannot be owned by it; \
-                 create the user (Puppet manages it with the deployment server's users) or \
-                 set code.owner to an existing user",
-                cfg.code.path.display()
-            );
-        };
-        crate::group::resolve(cfg).with_context(|| {
-            format!(
-                "refusing to grant {} to deployers.gid {}",
-                cfg.code.path.display(),
-                cfg.deployers.gid
-            )
-        })?;
-        Ok(Policy {
-            root: cfg.code.path.clone(),
-            owner_uid: user.uid.as_raw(),
-            gid: cfg.deployers.gid,
-            root_mode: cfg.code_mode(),
-        })
-    }
-
-    /// The default ACL every directory gets, so new files and directories inherit
-    /// `group:<gid>:rwx` (a file created with mode 0666 ends up with `mask::rw-`).
-    pub fn default_acl(&self) -> Acl {
-        let mut a = Acl::from_mode(0o755);
-        a.set(Tag::Group, self.gid, RWX);
-        a.set(Tag::Mask, 0, RWX);
-        a
-    }
-}
-
-/// Which rules apply to an entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Root,
-    Dir,
-    File,
-}
-
-/// The kinds of drift, as counted in the plan.
-pub(crate) const KINDS: [&str; 5] = ["owner", "group", "mode", "acl", "default_acl"];
-
-/// What one entry needs; `None` everywhere means converged.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Fix {
-    pub owner: Option<(u32, u32)>,
-    pub group: Option<(u32, u32)>,
-    /// (from, to): the whole `st_mode & 0o7777`.
-    pub mode: Option<(u32, u32)>,
-    pub acl: Option<(Acl, Acl)>,
-    pub default_acl: Option<(Option<Acl>, Acl)>,
-}
-
-impl Fix {
-    pub fn is_empty(&self) -> bool {
-        *self == Fix::default()
-    }
-
-    /// Adds one to `counts[i]` for each kind of [`KINDS`] this fix has.
-    pub fn count(&self, counts: &mut [u64; 5]) {
-        let has = [
-            self.owner.is_some(),
-            self.group.is_some(),
-            self.mode.is_some(),
-            self.acl.is_some(),
-            self.default_acl.is_some(),
-        ];
-        for (c, h) in counts.iter_mut().zip(has) {
-            *c += h as u64;
-        }
-    }
-
-    /// The plan's `Change`s for this entry, one per kind.
-    pub fn changes(&self, rel: &str) -> Vec<Change> {
-        let mut out = Vec::new();
-        if let Some((a, b)) = self.owner {
-            out.push(Change::new("chown", rel, format!("uid {a} -> {b}")));
-        }
-        if let Some((a, b)) = self.group {
-            out.push(Change::new("chgrp", rel, format!("gid {a} -> {b}")));
-        }
-        if let Some((a, b)) = self.mode {
-            out.push(Change::new("chmod", rel, format!("{a:04o} -> {b:04o}")));
-        }
-        if let Some((a, b)) = &self.acl {
-            out.push(Change::new(
-                "set-acl",
-                rel,
-                format!("{} -> {}", a.to_text(), b.to_text()),
-            ));
-        }
-        if let Some((a, b)) = &self.default_acl {
-            let from = a.as_ref().map_or("none".to_string(), Acl::to_text);
-            out.push(Change::new(
-                "set-default-acl",
-                rel,
-                format!("{from} -> {}", b.to_text()),
-            ));
-        }
-        out
-    }
-}
-
-const S_ISGID: u32 = 0o2000;
-
-/// The policy's verdict on one entry, from its `stat` and its ACL attributes (`None`: the
-/// attribute is absent). Pure: the unit tests drive it directly.
-pub(crate) fn evaluate(
-    p: &Policy,
-    kind: Kind,
-    st_mode: u32,
-    uid: u32,
-    gid: u32,
-    access: Option<&Acl>,
-    default: Option<&Acl>,
-) -> Fix {
-    let perm = st_mode & 0o7777;
-    let cur = access.cloned().unwrap_or_else(|| Acl::from_mode(perm));
-    let mut want = cur.clone();
-    let mut fix = Fix::default();
-    if kind == Kind::Root && uid != p.owner_uid {
-        fix.owner = Some((uid, p.owner_uid));
-    }
-    // Directories carry the deployer group (and setgid, so new entries inherit it). Files keep
-    // theirs: the `group:<gid>` entry gives the access, and a chown per file would double
-    // the writes of a first apply for nothing.
-    if kind != Kind::File && gid != p.gid {
-        fix.group = Some((gid, p.gid));
-    }
-    let other = cur.get(Tag::Other, 0).unwrap_or(0);
-    let mut special = perm & 0o7000;
-    match kind {
-        Kind::Root => {
-            let m = p.root_mode;
-            want.set(Tag::UserObj, 0, ((m >> 6) & 7) as u16);
-            want.set(Tag::Other, 0, (m & 7) as u16);
-            want.set(Tag::Group, p.gid, RWX);
-            want.set(Tag::Mask, 0, ((m >> 3) & 7) as u16);
-            special = m & 0o7000;
-        }
-        Kind::Dir => {
-            if cur.effective_group(p.gid) != Some(RWX) {
-                want.set(Tag::Group, p.gid, RWX);
-                want.set(Tag::Mask, 0, RWX);
-            }
-            want.set(Tag::Other, 0, other | R | X);
-            special |= S_ISGID;
-        }
-        Kind::File => {
-            let wanted = R | W | if perm & 0o100 != 0 { X } else { 0 };
-            if cur.effective_group(p.gid) != Some(wanted) {
-                want.set(Tag::Group, p.gid, wanted);
-                want.set(Tag::Mask, 0, cur.group_class() | wanted);
-            }
-            want.set(Tag::Other, 0, other | R);
-        }
-    }
-    // What the mode will be after the ACL write, to see whether a chmod remains.
-    let mut predicted = perm;
-    let named = |a: &Acl| -> Vec<acl::Entry> {
-        a.entries
-            .iter()
-            .copied()
-            .filter(|e| !matches!(e.tag, Tag::UserObj | Tag::Other))
-            .collect()
-    };
-    if named(&want) != named(&cur) {
-        predicted = (predicted & 0o7000) | want.mode_bits();
-        fix.acl = Some((cur, want.clone()));
-    }
-    let target = special | want.mode_bits();
-    if predicted != target {
-        fix.mode = Some((perm, target));
-    }
-    if kind != Kind::File {
-        let wd = p.default_acl();
-        if default != Some(&wd) {
-            fix.default_acl = Some((default.cloned(), wd));
-        }
-    }
-    fix
-}
-
-/// Reads one ACL attribute from `fd`; `None` when it is absent.
-pub(crate) fn read_acl(fd: BorrowedFd<'_>, name: &str) -> rustix::io::Result<Option<Acl>> {
-    let mut buf = [0u8; 256];
-    let bytes = match rustix::fs::fgetxattr(fd, name, &mut buf[..]) {
-        Ok(n) => buf[..n].to_vec(),
-        Err(Errno::NODATA) => return Ok(None),
-        Err(Errno::RANGE) => {
-            let n = rustix::fs::fgetxattr_query(fd, name)?;
-            let mut v = vec![0u8; n + 64];
-            let n = rustix::fs::fgetxattr(fd, name, &mut v[..])?;
-            v.truncate(n);
-            v
-        }
-        Err(e) => return Err(e),
-    };
-    // A damaged attribute is treated as drift (rewritten by apply), not as a fatal error.
-    Ok(Acl::decode(&bytes).ok())
-}
-
-/// Reads what the policy needs from an open entry and decides.
-pub(crate) fn examine(
-    p: &Policy,
-    fd: BorrowedFd<'_>,
-    st: &rustix::fs::Stat,
-    kind: Kind,
-) -> rustix::io::Result<Fix> {
-    let access = read_acl(fd, acl::ACCESS)?;
-    let default = if kind == Kind::File {
-        None
-    } else {
-        read_acl(fd, acl::DEFAULT)?
-    };
-    Ok(evaluate(
-        p,
-        kind,
-        st.st_mode,
-        st.st_uid,
-        st.st_gid,
-        access.as_ref(),
-        default.as_ref(),
-    ))
-}
-
-/// Converges one open entry: owner and group, then the access ACL (which also sets the rwx
-/// bits), then the mode (special bits), then the default ACL. Each only when it differs.
-pub(crate) fn write_fix(fd: BorrowedFd<'_>, fix: &Fix) -> rustix::io::Result<()> {
-    if fix.owner.is_some() || fix.group.is_some() {
-        rustix::fs::fchown(
-            fd,
-            fix.owner.map(|(_, u)| rustix::fs::Uid::from_raw(u)),
-            fix.group.map(|(_, g)| rustix::fs::Gid::from_raw(g)),
-        )?;
-    }
-    if let Some((_, a)) = &fix.acl {
-        rustix::fs::fsetxattr(fd, acl::ACCESS, &a.encode(), XattrFlags::empty())?;
-    }
-    if let Some((_, m)) = fix.mode {
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(m))?;
-    }
-    if let Some((_, a)) = &fix.default_acl {
-        rustix::fs::fsetxattr(fd, acl::DEFAULT, &a.encode(), XattrFlags::empty())?;
-    }
-    Ok(())
-}
-
-/// Applies the policy to the one entry `name` in the directory `dir` (used by `sync` for the
-/// entries it writes). Never follows a symlink; skips hard-linked files, symlinks, FIFOs,
-/// sockets and devices (returns `Ok`: they are not ours to change).
-pub fn fix_at(policy: &Policy, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-    let what = || format!("applying the permission policy to {name:?}");
-    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).with_context(what)?;
-    let (kind, flags) = match FileType::from_raw_mode(st.st_mode) {
-        FileType::Directory => (Kind::Dir, OFlags::DIRECTORY),
-        FileType::RegularFile if st.st_nlink == 1 => (Kind::File, OFlags::NONBLOCK),
-        _ => return Ok(()),
-    };
-    let fd = match rustix::fs::openat(
-        dir,
-        name,
-        flags | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        // Replaced by a symlink (or something else) since the stat: not ours.
-        Err(Errno::LOOP | Errno::NOTDIR) => return Ok(()),
-        Err(e) => return Err(e).with_context(what),
-    };
-    let st = rustix::fs::fstat(&fd).with_context(what)?;
-    let ok = match kind {
-        Kind::File => {
-            FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink == 1
-        }
-        _ => true,
-    };
-    if !ok {
-        return Ok(());
-    }
-    let fix = examine(policy, fd.as_fd(), &st, kind).with_context(what)?;
-    if !fix.is_empty() {
-        write_fix(fd.as_fd(), &fix).with_context(what)?;
-    }
-    Ok(())
-}
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
 
 /// What apply would change.
 pub fn check(cfg: &Config) -> Result<ComponentPlan> {
@@ -363,150 +50,520 @@ fn run(cfg: &Config, apply: bool) -> Result<ComponentPlan> {
         apply,
         ..Default::default()
     };
-    let out = walk::run(&policy, &opts)?;
+    let out = walk_tree(&policy, &opts)?;
     Ok(out.into_plan(&policy))
 }
 
-/// The path a report shows for an entry.
-pub(crate) fn display_rel(root: &std::path::Path, rel: &str) -> PathBuf {
-    if rel.is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(rel)
+#[derive(Default)]
+pub struct WalkOptions<'a> {
+    /// Write the fixes (apply) or only count them (check).
+    pub apply: bool,
+    /// Worker threads; 0: the machine's available parallelism.
+    pub threads: usize,
+    pub before_open: Option<&'a BeforeOpen<'a>>,
+}
+
+/// Counters one worker keeps without locks; summed at the end.
+#[derive(Default, Debug, Clone)]
+struct Tally {
+    drift: [u64; 5],
+    dirs: u64,
+    files: u64,
+    symlinks: u64,
+    hardlinks_skipped: u64,
+    special_skipped: u64,
+    other_filesystem_skipped: u64,
+    changed_during_walk: u64,
+    errors: u64,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Tally) {
+        for (a, b) in self.drift.iter_mut().zip(o.drift) {
+            *a += b;
+        }
+        self.dirs += o.dirs;
+        self.files += o.files;
+        self.symlinks += o.symlinks;
+        self.hardlinks_skipped += o.hardlinks_skipped;
+        self.special_skipped += o.special_skipped;
+        self.other_filesystem_skipped += o.other_filesystem_skipped;
+        self.changed_during_walk += o.changed_during_walk;
+        self.errors += o.errors;
     }
+}
+
+/// What a walk found (check) or did (apply).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub applied: bool,
+    pub created_root: bool,
+    tally: Tally,
+    pub changes: Vec<Change>,
+    pub notes: Vec<String>,
+    pub errors: Vec<String>,
+    pub seconds: f64,
+}
+
+impl Outcome {
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        let mut c: BTreeMap<String, u64> = KINDS
+            .iter()
+            .zip(self.tally.drift)
+            .map(|(k, n)| (k.to_string(), n))
+            .collect();
+        if self.created_root {
+            c.insert("create".into(), 1);
+        }
+        c
+    }
+
+    pub fn hardlinks_skipped(&self) -> u64 {
+        self.tally.hardlinks_skipped
+    }
+    pub fn symlinks(&self) -> u64 {
+        self.tally.symlinks
+    }
+    pub fn changed_during_walk(&self) -> u64 {
+        self.tally.changed_during_walk
+    }
+
+    pub fn into_plan(self, policy: &Policy) -> ComponentPlan {
+        let t = &self.tally;
+        let counts = self.counts();
+        let entries = t.dirs + t.files;
+        let observed = json!({
+            "enabled": true,
+            "path": policy.root,
+            "gid": policy.gid,
+            "owner_uid": policy.owner_uid,
+            "mode": format!("{:04o}", policy.root_mode),
+            "directories": t.dirs,
+            "files": t.files,
+            "symlinks": t.symlinks,
+            "hardlinks_skipped": t.hardlinks_skipped,
+            "special_skipped": t.special_skipped,
+            "other_filesystem_skipped": t.other_filesystem_skipped,
+            "changed_during_walk": t.changed_during_walk,
+            "drift": counts,
+            "applied": self.applied,
+        });
+        let mut metrics = BTreeMap::new();
+        metrics.insert("entries".into(), entries as f64);
+        metrics.insert("symlinks".into(), t.symlinks as f64);
+        metrics.insert("hardlinks_skipped".into(), t.hardlinks_skipped as f64);
+        metrics.insert("special_skipped".into(), t.special_skipped as f64);
+        metrics.insert(
+            "other_filesystem_skipped".into(),
+            t.other_filesystem_skipped as f64,
+        );
+        metrics.insert("changed_during_walk".into(), t.changed_during_walk as f64);
+        metrics.insert("walk_seconds".into(), self.seconds);
+        for (k, n) in &counts {
+            metrics.insert(format!("drift_{k}"), *n as f64);
+        }
+        let mut notes = self.notes;
+        let summary = [
+            (t.symlinks, "symlinks left alone (never followed)"),
+            (
+                t.hardlinks_skipped,
+                "hard-linked files skipped (more than one link: the inode may live outside the tree)",
+            ),
+            (t.special_skipped, "FIFOs, sockets or devices skipped"),
+            (
+                t.other_filesystem_skipped,
+                "directories on another filesystem not entered",
+            ),
+            (
+                t.changed_during_walk,
+                "entries replaced or removed while the walk ran (left alone)",
+            ),
+        ];
+        for (n, what) in summary {
+            if n > 0 {
+                notes.push(format!("{n} {what}"));
+            }
+        }
+        ComponentPlan {
+            changes: self.changes,
+            counts,
+            notes,
+            observed,
+            metrics,
+        }
+    }
+}
+
+/// What every worker shares: the policy and the bounded samples of changes, notes and errors.
+struct Shared<'a> {
+    policy: &'a Policy,
+    apply: bool,
+    changes: Mutex<Vec<Change>>,
+    n_changes: AtomicUsize,
+    notes: Mutex<Vec<String>>,
+    n_notes: AtomicUsize,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Shared<'_> {
+    fn note(&self, msg: impl FnOnce() -> String) {
+        if self.n_notes.fetch_add(1, Ordering::Relaxed) < SAMPLE {
+            self.notes.lock().unwrap().push(msg());
+        }
+    }
+
+    fn shown(&self, rel: &str) -> String {
+        display_rel(&self.policy.root, rel).display().to_string()
+    }
+}
+
+/// One worker's visitor: examines (and in apply, fixes) each entry the walk hands it.
+struct Checker<'s, 'a> {
+    s: &'s Shared<'a>,
+    t: Tally,
+}
+
+impl Checker<'_, '_> {
+    fn error(&mut self, msg: String) {
+        self.t.errors += 1;
+        let mut e = self.s.errors.lock().unwrap();
+        if e.len() < 20 {
+            e.push(msg);
+        }
+    }
+
+    /// Checks (and in apply, fixes) one open entry.
+    fn examine(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        st: &rustix::fs::Stat,
+        kind: Kind,
+        rel: &dyn Fn() -> String,
+    ) {
+        let s = self.s;
+        let fix: Fix = match examine(s.policy, fd, st, kind) {
+            Ok(f) => f,
+            Err(e) => {
+                let r = rel();
+                self.error(format!("reading the ACLs of {}: {e}", s.shown(&r)));
+                return;
+            }
+        };
+        if fix.is_empty() {
+            return;
+        }
+        fix.count(&mut self.t.drift);
+        if s.n_changes.load(Ordering::Relaxed) < SAMPLE {
+            let r = rel();
+            let list = fix.changes(if r.is_empty() { "." } else { &r });
+            let mut c = s.changes.lock().unwrap();
+            for ch in list {
+                if c.len() < SAMPLE {
+                    c.push(ch);
+                }
+            }
+            s.n_changes.store(c.len(), Ordering::Relaxed);
+        }
+        if s.apply {
+            if let Err(e) = write_fix(fd, &fix) {
+                let r = rel();
+                self.error(format!(
+                    "changing owner, group, mode or ACL of {}: {e}",
+                    s.shown(&r)
+                ));
+            }
+        }
+    }
+
+    fn file(&mut self, e: &Entry<'_>) {
+        let s = self.s;
+        match at::open_regular(e.dir, e.name, Some(e.dev)) {
+            Ok(Regular::Open(fd, st)) => {
+                self.t.files += 1;
+                self.examine(fd.as_fd(), &st, Kind::File, &|| e.rel());
+            }
+            Ok(Regular::Gone) => {
+                self.t.changed_during_walk += 1;
+                s.note(|| {
+                    format!(
+                        "{}: replaced or removed while the walk ran; left alone",
+                        s.shown(&e.rel())
+                    )
+                });
+            }
+            Ok(Regular::NotRegular) => {
+                self.t.special_skipped += 1;
+                s.note(|| {
+                    format!(
+                        "{}: not a regular file any more; skipped",
+                        s.shown(&e.rel())
+                    )
+                });
+            }
+            Ok(Regular::HardLinked(n)) => {
+                self.t.hardlinks_skipped += 1;
+                s.note(|| {
+                    format!(
+                        "{}: hard-linked file ({n} links), skipped: its inode may also live outside the tree",
+                        s.shown(&e.rel()),
+                    )
+                });
+            }
+            Ok(Regular::OtherFilesystem) => self.t.other_filesystem_skipped += 1,
+            Err(err) => self.error(format!("opening {}: {err}", s.shown(&e.rel()))),
+        }
+    }
+}
+
+impl Visitor for Checker<'_, '_> {
+    fn dir(&mut self, d: &walk::Dir<'_>) -> Result<bool> {
+        self.t.dirs += 1;
+        let kind = if d.rel.is_empty() {
+            Kind::Root
+        } else {
+            Kind::Dir
+        };
+        self.examine(d.fd, d.stat, kind, &|| d.rel.to_string());
+        Ok(true)
+    }
+
+    fn entry(&mut self, e: &Entry<'_>) -> Result<bool> {
+        match e.file_type {
+            FileType::Directory => return Ok(true),
+            FileType::Symlink => self.t.symlinks += 1,
+            FileType::RegularFile => self.file(e),
+            _ => {
+                self.t.special_skipped += 1;
+                let s = self.s;
+                s.note(|| {
+                    format!(
+                        "{}: not a regular file, directory or symlink; skipped",
+                        s.shown(&e.rel())
+                    )
+                });
+            }
+        }
+        Ok(false)
+    }
+
+    fn skipped(&mut self, rel: &str, why: Skip) {
+        let s = self.s;
+        match why {
+            Skip::Replaced => {
+                self.t.changed_during_walk += 1;
+                s.note(|| {
+                    format!(
+                        "{}: was a directory, then replaced (by a symlink or file) or removed while the walk ran; left alone, not followed",
+                        s.shown(rel)
+                    )
+                });
+            }
+            Skip::OtherFilesystem => {
+                self.t.other_filesystem_skipped += 1;
+                s.note(|| format!("{}: another filesystem, not entered", s.shown(rel)));
+            }
+        }
+    }
+
+    fn error(&mut self, rel: &str, what: &str, e: Errno) -> Result<()> {
+        let msg = format!("{what} {}: {e}", self.s.shown(rel));
+        Checker::error(self, msg);
+        Ok(())
+    }
+}
+
+/// Walks the tree at `policy.root`: checks every entry, and in apply mode fixes what differs.
+/// A missing root is reported as `create` (check) or created with the policy (apply).
+pub fn walk_tree(policy: &Policy, opts: &WalkOptions) -> Result<Outcome> {
+    let started = Instant::now();
+    let root = &policy.root;
+    let mut out = Outcome {
+        applied: opts.apply,
+        ..Default::default()
+    };
+    let fd = match at::open_dir_path(root) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => {
+            out.created_root = true;
+            if !opts.apply {
+                out.changes.push(Change::new(
+                    "create",
+                    ".",
+                    format!(
+                        "directory {} with mode {:04o}",
+                        root.display(),
+                        policy.root_mode
+                    ),
+                ));
+                out.seconds = started.elapsed().as_secs_f64();
+                return Ok(out);
+            }
+            create_root(root, policy.root_mode)?;
+            out.changes.push(Change::new(
+                "create",
+                ".",
+                format!("directory {}", root.display()),
+            ));
+            at::open_dir_path(root)
+                .with_context(|| format!("opening the code tree {} just created", root.display()))?
+        }
+        Err(Errno::LOOP | Errno::NOTDIR) => bail!(
+            "the code tree {} is a symlink or not a directory; it is left alone (the walk never \
+             follows symlinks): make code.path a real directory",
+            root.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("opening the code tree {}", root.display()))
+        }
+    };
+    if let Err(Errno::NOTSUP) = rustix::fs::fgetxattr_query(&fd, crate::fs::acl::ACCESS) {
+        bail!(
+            "the filesystem of {} does not support POSIX ACLs; mount it with ACL support \
+             (ext4 and xfs have it by default) and run again",
+            root.display()
+        );
+    }
+    let shared = Shared {
+        policy,
+        apply: opts.apply,
+        n_changes: AtomicUsize::new(out.changes.len()),
+        changes: Mutex::new(std::mem::take(&mut out.changes)),
+        notes: Mutex::new(Vec::new()),
+        n_notes: AtomicUsize::new(0),
+        errors: Mutex::new(Vec::new()),
+    };
+    let walk = Walk {
+        threads: opts.threads,
+        before_open: opts.before_open,
+    };
+    let workers = walk.parallel(fd.as_fd(), "", || Checker {
+        s: &shared,
+        t: Tally::default(),
+    })?;
+    for w in &workers {
+        out.tally.add(&w.t);
+    }
+    drop(workers);
+    out.changes = shared.changes.into_inner().unwrap();
+    out.notes = shared.notes.into_inner().unwrap();
+    out.errors = shared.errors.into_inner().unwrap();
+    out.seconds = started.elapsed().as_secs_f64();
+    if out.tally.errors > 0 {
+        bail!(
+            "{} {}: {} of {} entries failed (the others were {}); first: {}",
+            if opts.apply {
+                "applying the permission policy to"
+            } else {
+                "checking the permission policy on"
+            },
+            root.display(),
+            out.tally.errors,
+            out.tally.dirs + out.tally.files + out.tally.errors,
+            if opts.apply { "converged" } else { "checked" },
+            out.errors.join("; ")
+        );
+    }
+    Ok(out)
+}
+
+/// Creates the root directory (and missing parents, root-owned 0755); the walk then gives it
+/// its owner, group, mode and ACLs.
+fn create_root(root: &Path, mode: u32) -> Result<()> {
+    if let Some(parent) = root.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {} for the code tree", parent.display()))?;
+    }
+    rustix::fs::mkdir(root, Mode::from_raw_mode(mode & 0o777))
+        .with_context(|| format!("creating the code tree {}", root.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
-    fn pol() -> Policy {
-        Policy {
-            root: "/x".into(),
-            owner_uid: 500,
-            gid: 705,
-            root_mode: 0o2775,
+    fn ctimes(root: &Path) -> Vec<(std::path::PathBuf, i64, i64, u32)> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                for e in std::fs::read_dir(&p).unwrap() {
+                    stack.push(e.unwrap().path());
+                }
+            }
+            out.push((p, m.ctime(), m.ctime_nsec(), m.mode()));
         }
+        out.sort();
+        out
     }
 
+    /// The walk pauses just before opening `a/victim`; the hook swaps that directory for a
+    /// symlink to a directory outside the tree. The walk must refuse it, report it, and leave
+    /// everything outside exactly as it was.
     #[test]
-    fn plain_file_gets_group_rw_and_mask() {
-        let f = evaluate(&pol(), Kind::File, 0o100644, 1000, 1000, None, None);
-        assert_eq!(f.group, None, "files keep their group");
-        let (_, want) = f.acl.clone().unwrap();
-        assert_eq!(want.to_text(), "u::rw-,g::r--,g:705:rw-,m::rw-,o::r--");
-        assert_eq!(f.mode, None, "the ACL write sets 0664 itself");
-        assert_eq!(f.owner, None, "engineers keep their files");
-    }
-
-    #[test]
-    fn executable_file_gets_group_rwx_and_other_read() {
-        let f = evaluate(&pol(), Kind::File, 0o100700, 1000, 705, None, None);
-        let (_, want) = f.acl.clone().unwrap();
-        assert_eq!(want.to_text(), "u::rwx,g::---,g:705:rwx,m::rwx,o::r--");
-    }
-
-    #[test]
-    fn file_touched_under_the_default_acl_is_converged() {
-        // What the kernel makes of the default ACL for open(O_CREAT, 0666).
-        let mut a = Acl::from_mode(0o664);
-        a.set(Tag::GroupObj, 0, R | X);
-        a.set(Tag::Group, 705, RWX);
-        a.set(Tag::Mask, 0, R | W);
-        let f = evaluate(&pol(), Kind::File, 0o100664, 1000, 705, Some(&a), None);
-        assert!(f.is_empty(), "{f:?}");
-    }
-
-    #[test]
-    fn chmod_by_an_engineer_is_drift_fixed_by_the_mask() {
-        let mut a = Acl::from_mode(0o644);
-        a.set(Tag::Group, 705, R | W);
-        a.set(Tag::Mask, 0, R);
-        let f = evaluate(&pol(), Kind::File, 0o100644, 1000, 705, Some(&a), None);
-        assert_eq!(
-            f.acl.unwrap().1.to_text(),
-            "u::rw-,g::r--,g:705:rw-,m::rw-,o::r--"
-        );
-        assert_eq!(f.mode, None);
-    }
-
-    #[test]
-    fn directory_gets_setgid_acl_and_default() {
-        let f = evaluate(&pol(), Kind::Dir, 0o040750, 1000, 705, None, None);
-        assert_eq!(
-            f.acl.clone().unwrap().1.to_text(),
-            "u::rwx,g::r-x,g:705:rwx,m::rwx,o::r-x"
-        );
-        assert_eq!(f.mode, Some((0o750, 0o2775)));
-        assert_eq!(
-            f.default_acl.unwrap().1.to_text(),
-            "u::rwx,g::r-x,g:705:rwx,m::rwx,o::r-x"
-        );
-    }
-
-    #[test]
-    fn converged_directory_needs_nothing() {
-        let p = pol();
-        let mut a = Acl::from_mode(0o775);
-        a.set(Tag::Group, 705, RWX);
-        a.set(Tag::Mask, 0, RWX);
-        let f = evaluate(
-            &p,
-            Kind::Dir,
-            0o042775,
-            1000,
-            705,
-            Some(&a),
-            Some(&p.default_acl()),
-        );
-        assert!(f.is_empty(), "{f:?}");
-    }
-
-    #[test]
-    fn root_gets_owner_and_exact_mode() {
-        let f = evaluate(&pol(), Kind::Root, 0o040700, 0, 0, None, None);
-        assert_eq!(f.owner, Some((0, 500)));
-        assert_eq!(f.mode, Some((0o700, 0o2775)));
-    }
-
-    #[test]
-    fn setuid_file_keeps_its_bits_and_group() {
-        let f = evaluate(&pol(), Kind::File, 0o104755, 1000, 1000, None, None);
-        assert_eq!(f.mode, None, "{f:?}");
-        assert_eq!(f.group, None, "{f:?}");
-    }
-
-    /// `fix_at` is what `sync` calls for each entry it writes: it converges a file and a
-    /// directory in place, and leaves symlinks and hard-linked files exactly as they are.
-    #[test]
-    fn fix_at_converges_one_entry_and_leaves_links_alone() {
-        use std::os::unix::fs::MetadataExt;
+    fn directory_swapped_for_a_symlink_during_the_walk_is_reported_not_followed() {
         let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path();
-        std::fs::write(d.join("f.php"), "x").unwrap();
-        std::fs::create_dir(d.join("sub")).unwrap();
-        std::fs::write(d.join("outside"), "x").unwrap();
-        std::fs::hard_link(d.join("outside"), d.join("hard.php")).unwrap();
-        std::os::unix::fs::symlink(d.join("outside"), d.join("link")).unwrap();
-        let ctime = |n: &str| {
-            let m = std::fs::symlink_metadata(d.join(n)).unwrap();
-            (m.ctime(), m.ctime_nsec())
+        let root = tmp.path().join("tree");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(root.join("a/victim/sub")).unwrap();
+        std::fs::write(root.join("a/victim/sub/f.php"), "x").unwrap();
+        std::fs::write(root.join("a/keep.php"), "x").unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "s").unwrap();
+        let before = ctimes(&outside);
+        let policy = Policy {
+            root: root.clone(),
+            owner_uid: 0,
+            gid: 45_678,
+            root_mode: 0o2775,
         };
-        let (hard, link) = (ctime("hard.php"), ctime("link"));
-        let dir = rustix::fs::open(d, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
-        let p = pol();
-        for name in ["f.php", "sub", "hard.php", "link"] {
-            fix_at(&p, dir.as_fd(), OsStr::new(name)).unwrap();
-        }
-        let check = |name: &str, kind: Kind| {
-            let fd = rustix::fs::openat(&dir, name, OFlags::RDONLY, Mode::empty()).unwrap();
-            let st = rustix::fs::fstat(&fd).unwrap();
-            examine(&p, fd.as_fd(), &st, kind).unwrap()
+        let hook = |rel: &str| {
+            if rel == "a/victim" {
+                std::fs::rename(root.join("a/victim"), tmp.path().join("moved")).unwrap();
+                std::os::unix::fs::symlink(&outside, root.join("a/victim")).unwrap();
+            }
         };
-        assert!(check("f.php", Kind::File).is_empty());
-        assert!(check("sub", Kind::Dir).is_empty());
-        assert_eq!(ctime("hard.php"), hard, "hard-linked file was written");
-        assert_eq!(ctime("link"), link, "symlink was written");
-        assert!(!check("hard.php", Kind::File).is_empty());
+        let opts = WalkOptions {
+            apply: true,
+            threads: 2,
+            before_open: Some(&hook),
+        };
+        let out = walk_tree(&policy, &opts).unwrap();
+        assert_eq!(out.changed_during_walk(), 1, "{out:?}");
+        assert!(
+            out.notes
+                .iter()
+                .any(|n| n.contains("a/victim") && n.contains("replaced")),
+            "{:?}",
+            out.notes
+        );
+        assert_eq!(before, ctimes(&outside), "something outside was written");
+        assert_eq!(
+            rustix::fs::getxattr(&outside, crate::fs::acl::DEFAULT, &mut [0u8; 64][..]),
+            Err(Errno::NODATA)
+        );
+        // The moved-away directory was never reached either (it was not yet opened).
+        assert_eq!(
+            rustix::fs::getxattr(
+                tmp.path().join("moved"),
+                crate::fs::acl::DEFAULT,
+                &mut [0u8; 64][..]
+            ),
+            Err(Errno::NODATA)
+        );
+        // The rest of the tree was converged.
+        assert!(
+            rustix::fs::getxattr(root.join("a"), crate::fs::acl::DEFAULT, &mut [0u8; 64][..])
+                .is_ok()
+        );
+        let again = walk_tree(&policy, &WalkOptions::default()).unwrap();
+        assert!(
+            again.counts().values().all(|&n| n == 0),
+            "{:?}",
+            again.counts()
+        );
+        assert_eq!(again.symlinks(), 1);
     }
 }

@@ -21,7 +21,8 @@
 //! killed run left without walking the tree.
 
 use crate::config::Config;
-use crate::fsat::{self, DirCache, Opened};
+use crate::fs::at::{self as fsat, DirCache, Opened};
+use crate::fs::walk::{self, Walk};
 use crate::image::{self, Entry, Image, Kind, Tree};
 use crate::plan::{Change, ComponentPlan};
 use anyhow::{bail, Context, Result};
@@ -466,25 +467,24 @@ fn collect_added(
         if fsat::file_type(&st) != rustix::fs::FileType::Directory {
             return Ok(());
         }
-        match rustix::fs::openat(d, name, fsat::DIR_FLAGS, Mode::empty()) {
+        match fsat::open_dir_at(d, name) {
             Ok(fd) => (fd, true),
             Err(_) => return Ok(()),
         }
     };
     if start_walk {
-        fsat::walk(
-            dir.as_fd(),
-            s,
-            &mut |w| {
-                if known(w.rel) {
-                    Ok(true)
-                } else {
-                    out.push(w.rel.to_string());
-                    Ok(false)
-                }
-            },
-            &mut |n| log::warn!("skipped {n:?}: its name is not UTF-8"),
-        )?;
+        Walk::default().serial(dir.as_fd(), s, &mut |e: &walk::Entry<'_>| {
+            let Some(rel) = e.rel_utf8() else {
+                log::warn!("skipped {:?}: its name is not UTF-8", e.rel());
+                return Ok(false);
+            };
+            if known(&rel) {
+                Ok(true)
+            } else {
+                out.push(rel);
+                Ok(false)
+            }
+        })?;
     }
     Ok(())
 }
@@ -842,7 +842,7 @@ struct Engine<'a> {
     /// read before it is replaced).
     man: Manifest,
     opts: EngineOpts,
-    policy: Option<crate::permissions::Policy>,
+    policy: Option<crate::policy::Policy>,
     policy_errors: u64,
     journal: Option<std::fs::File>,
     backup_dir: Option<PathBuf>,
@@ -897,7 +897,7 @@ impl<'a> Engine<'a> {
         opts: EngineOpts,
         notes: Vec<String>,
     ) -> Result<Engine<'a>> {
-        let policy = match crate::permissions::Policy::from_config(cfg) {
+        let policy = match crate::policy::Policy::from_config(cfg) {
             Ok(p) => Some(p),
             Err(e) => {
                 log::warn!("the permissions policy is not available ({e:#}): written entries keep the image's modes until `apply permissions` runs");
@@ -981,7 +981,7 @@ impl<'a> Engine<'a> {
     /// engine is merged its stub fails ("not implemented yet"): logged, never fatal.
     fn apply_policy(&mut self, dir: BorrowedFd<'_>, name: &str) {
         if let Some(p) = &self.policy {
-            if let Err(e) = crate::permissions::fix_at(p, dir, std::ffi::OsStr::new(name)) {
+            if let Err(e) = crate::policy::fix_at(p, dir, std::ffi::OsStr::new(name)) {
                 self.policy_errors += 1;
                 if self.policy_errors <= 3 {
                     log::warn!("applying the permissions policy to {name:?}: {e:#}");
@@ -1645,17 +1645,11 @@ impl<'a> Engine<'a> {
             return Ok(());
         };
         if kind_of(&st) == Some(Kind::Dir) {
-            let sub = rustix::fs::openat(d, name, fsat::DIR_FLAGS, Mode::empty())?;
+            let sub = fsat::open_dir_at(d, name)?;
             let mut inner = Vec::new();
-            fsat::walk(
-                sub.as_fd(),
-                p,
-                &mut |w| {
-                    inner.push(w.rel.to_string());
-                    Ok(true)
-                },
-                &mut |_| {},
-            )?;
+            Walk::default().serial(sub.as_fd(), p, &mut |e: &walk::Entry<'_>| {
+                Ok(e.rel_utf8().map(|r| inner.push(r)).is_some())
+            })?;
             let d2 = rustix::io::dup(d)?;
             self.backup(p, d2.as_fd(), name, &st)?;
             for q in inner.iter().rev() {

@@ -3,10 +3,17 @@
 //! `/srv/mediawiki` is writable by engineers, so any path string resolved by the kernel from the
 //! top could run through a symlink they planted. Everything here goes one component at a time
 //! from an open directory fd, with `O_NOFOLLOW|O_DIRECTORY`; a component that is a symlink or not
-//! a directory stops the walk and is reported to the caller, who skips that subtree.
+//! a directory stops the lookup and is reported to the caller, who skips that subtree.
+//!
+//! [`open_dir_at`] is the only way below a tree's root to open a directory (the walk, the
+//! [`DirCache`] and every caller use it), and [`open_regular`] the only way to open a file whose
+//! inode root will change: it refuses symlinks, hard-linked inodes (they may live outside the
+//! tree), FIFOs, devices and other filesystems. Must never resolve a path from the top below a
+//! root that the configuration named.
 
-use rustix::fs::{openat, statat, AtFlags, Dir, FileType, Mode, OFlags, Stat};
+use rustix::fs::{openat, statat, AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
+use rustix::path::Arg;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -16,7 +23,55 @@ use std::path::Path;
 pub const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)
     .union(OFlags::NOFOLLOW)
+    .union(OFlags::NOCTTY)
     .union(OFlags::CLOEXEC);
+
+/// Opens the directory `name` in `parent`, never through a symlink (`ELOOP`/`ENOTDIR` when it
+/// is one, or not a directory).
+pub fn open_dir_at<P: Arg>(parent: BorrowedFd<'_>, name: P) -> rustix::io::Result<OwnedFd> {
+    openat(parent, name, DIR_FLAGS, Mode::empty())
+}
+
+/// What [`open_regular`] found.
+pub enum Regular {
+    /// A regular file with one link on the expected filesystem, open read-only, and its stat.
+    Open(OwnedFd, Stat),
+    /// Replaced (by a symlink or a directory) or removed since it was listed.
+    Gone,
+    /// A FIFO, socket or device.
+    NotRegular,
+    /// More than one link: the inode may also live outside the tree.
+    HardLinked(u64),
+    /// On another filesystem than `dev`.
+    OtherFilesystem,
+}
+
+/// Opens the regular file `name` in `dir` for changing its inode's metadata (owner, mode,
+/// ACLs), never through a symlink and never blocking on a FIFO; checks on the descriptor itself
+/// that it is a regular file with one link (on filesystem `dev`, when given).
+pub fn open_regular<P: Arg>(
+    dir: BorrowedFd<'_>,
+    name: P,
+    dev: Option<u64>,
+) -> rustix::io::Result<Regular> {
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::LOOP | Errno::NOENT | Errno::NXIO | Errno::ISDIR) => return Ok(Regular::Gone),
+        Err(e) => return Err(e),
+    };
+    let st = rustix::fs::fstat(&fd)?;
+    Ok(if file_type(&st) != FileType::RegularFile {
+        Regular::NotRegular
+    } else if st.st_nlink > 1 {
+        Regular::HardLinked(st.st_nlink)
+    } else if dev.is_some_and(|d| d != st.st_dev) {
+        Regular::OtherFilesystem
+    } else {
+        Regular::Open(fd, st)
+    })
+}
 
 /// Opens an absolute directory path given by the administrator (the configuration), refusing
 /// a symlink as its last component.
@@ -70,7 +125,7 @@ impl DirCache {
                 Some((_, fd)) => fd.as_fd(),
                 None => self.root.as_fd(),
             };
-            match openat(parent, OsStr::from_bytes(comp), DIR_FLAGS, Mode::empty()) {
+            match open_dir_at(parent, OsStr::from_bytes(comp)) {
                 Ok(fd) => self.stack.push((comp.to_vec(), fd)),
                 Err(Errno::NOENT) => return Ok(Opened::Missing(join(&comps[..=i]))),
                 Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
@@ -125,79 +180,4 @@ pub fn lstat_at(dir: BorrowedFd<'_>, name: &str) -> rustix::io::Result<Option<St
 
 pub fn file_type(st: &Stat) -> FileType {
     FileType::from_raw_mode(st.st_mode)
-}
-
-/// One entry seen by [`walk`].
-pub struct Walked<'a> {
-    pub rel: &'a str,
-    pub stat: &'a Stat,
-    pub dir: BorrowedFd<'a>,
-    pub name: &'a str,
-}
-
-/// Walks the tree below `root` (not following symlinks, not leaving the file system), calling
-/// `f` for every entry in sorted order (parents before children). `f` returns whether to descend
-/// into a directory. Names that are not UTF-8 are passed to `bad_name`.
-pub fn walk(
-    root: BorrowedFd<'_>,
-    prefix: &str,
-    f: &mut dyn FnMut(&Walked<'_>) -> anyhow::Result<bool>,
-    bad_name: &mut dyn FnMut(String),
-) -> anyhow::Result<()> {
-    let dev = rustix::fs::fstat(root)?.st_dev;
-    walk_inner(rustix::io::dup(root)?, prefix, dev, f, bad_name)
-}
-
-/// Walks one directory (taking ownership of its fd: no second open for reading it).
-pub fn walk_inner(
-    dir: OwnedFd,
-    prefix: &str,
-    dev: u64,
-    f: &mut dyn FnMut(&Walked<'_>) -> anyhow::Result<bool>,
-    bad_name: &mut dyn FnMut(String),
-) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let mut names = Vec::new();
-    let mut rd = Dir::new(dir).with_context(|| format!("reading the directory {prefix:?}"))?;
-    for e in rd.by_ref() {
-        let e = e.with_context(|| format!("reading the directory {prefix:?}"))?;
-        let n = e.file_name().to_bytes();
-        if n == b"." || n == b".." {
-            continue;
-        }
-        match std::str::from_utf8(n) {
-            Ok(s) => names.push(s.to_string()),
-            Err(_) => bad_name(format!(
-                "{prefix}{}{}",
-                if prefix.is_empty() { "" } else { "/" },
-                String::from_utf8_lossy(n)
-            )),
-        }
-    }
-    let dir = rd.fd()?;
-    names.sort_unstable();
-    for name in names {
-        let rel = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let Some(st) = lstat_at(dir, &name).with_context(|| format!("lstat {rel:?}"))? else {
-            continue;
-        };
-        let descend = f(&Walked {
-            rel: &rel,
-            stat: &st,
-            dir,
-            name: &name,
-        })?;
-        if descend && file_type(&st) == FileType::Directory && st.st_dev == dev {
-            match openat(dir, name.as_str(), DIR_FLAGS, Mode::empty()) {
-                Ok(sub) => walk_inner(sub, &rel, dev, f, bad_name)?,
-                Err(Errno::NOENT) | Err(Errno::LOOP) | Err(Errno::NOTDIR) => {}
-                Err(e) => return Err(e).with_context(|| format!("opening the directory {rel:?}")),
-            }
-        }
-    }
-    Ok(())
 }
