@@ -7,6 +7,9 @@
 //! symlink) and examined on that descriptor, symlinks are counted and never followed, FIFOs,
 //! sockets and devices are skipped. It must never change an entry through a path, and never
 //! change an inode that may also live outside the tree.
+//!
+//! (Over 500 lines because of the test that swaps a directory for a symlink at the moment the
+//! walk opens it, which needs the walk's hook and so lives here.)
 
 use crate::config::Config;
 use crate::fs::at::{self, Regular};

@@ -1,0 +1,349 @@
+//! Layered images (OCI layout and containerd): the layers' tar streams (plain, gzip or zstd)
+//! merged in memory, in order, applying whiteouts and opaque directories, into the code tree
+//! below `image.path`; and the chosen files' contents streamed back out of the layers. Tar
+//! entries are data: an entry whose path climbs out with `..` or is not UTF-8, a hard link to
+//! anything but a file of the tree, a device or fifo, or an entry below a symlink or a file is
+//! dropped and reported. It must never produce a path outside the tree, and never touch the
+//! disk (nothing is unpacked; `sync` does the writing).
+
+use super::oci::Store;
+use super::{clean_mode, Entry, Kind, Tree};
+use crate::fs::at;
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+
+/// The code tree (below `prefix`) of the merged layers. Report lines for anything dropped go to
+/// `notes`; `winners` gets, for each file, where its content is: (layer, entry index in the tar).
+pub(super) fn tree(
+    store: &Store,
+    layers: &[(String, String)],
+    prefix: &str,
+    reference: &str,
+    winners: &mut HashMap<String, (usize, u64)>,
+    notes: &mut Vec<String>,
+) -> Result<Tree> {
+    // Full image path -> (entry, layer, index). Only entries under `prefix` are hashed.
+    let mut merged: BTreeMap<String, (Entry, usize, u64)> = BTreeMap::new();
+    let under = |p: &str| prefix.is_empty() || p == prefix || p.starts_with(&format!("{prefix}/"));
+    for (li, (digest, mt)) in layers.iter().enumerate() {
+        let r = decompress(mt, store.open(digest)?)?;
+        let mut ar = tar::Archive::new(r);
+        let mut adds: Vec<(String, Entry, u64)> = Vec::new();
+        let mut whiteouts = Vec::new();
+        let mut opaque = Vec::new();
+        let entries = ar
+            .entries()
+            .with_context(|| format!("reading the layer {digest}"))?;
+        for (ei, e) in entries.enumerate() {
+            let mut e = e.with_context(|| format!("reading the layer {digest}"))?;
+            let raw = e.path_bytes().into_owned();
+            let Some(path) = normalize(&raw) else {
+                notes.push(format!(
+                    "image: dropped the entry {:?} in layer {digest}: it climbs out with '..' or is not UTF-8",
+                    String::from_utf8_lossy(&raw)
+                ));
+                continue;
+            };
+            if path.is_empty() {
+                continue;
+            }
+            let (parent, name) = at::split(&path);
+            if name == ".wh..wh..opq" {
+                opaque.push(parent.to_string());
+                continue;
+            }
+            if let Some(hidden) = name.strip_prefix(".wh.") {
+                whiteouts.push(if parent.is_empty() {
+                    hidden.to_string()
+                } else {
+                    format!("{parent}/{hidden}")
+                });
+                continue;
+            }
+            let h = e.header().clone();
+            let raw_mode = h.mode().unwrap_or(0o644);
+            let mtime = h.mtime().unwrap_or(0) as i64;
+            let et = h.entry_type();
+            let entry = if et.is_dir() {
+                Entry {
+                    kind: Kind::Dir,
+                    mode: clean_mode(Kind::Dir, raw_mode),
+                    size: 0,
+                    mtime,
+                    mtime_nsec: 0,
+                    hash: None,
+                    target: None,
+                }
+            } else if et.is_symlink() {
+                let t = e
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                if t.is_empty() {
+                    continue;
+                }
+                Entry {
+                    kind: Kind::Symlink,
+                    mode: 0o777,
+                    size: 0,
+                    mtime,
+                    mtime_nsec: 0,
+                    hash: None,
+                    target: Some(t),
+                }
+            } else if et.is_hard_link() {
+                // Same content as an earlier entry: copy that entry (as a separate file).
+                let t = e.link_name_bytes().and_then(|b| normalize(&b));
+                let src = t.and_then(|t| {
+                    adds.iter()
+                        .rev()
+                        .find(|a| a.0 == t)
+                        .map(|a| (a.1.clone(), a.2))
+                        .or_else(|| {
+                            merged
+                                .get(&t)
+                                .map(|(e, l, i)| (e.clone(), encode_pos(*l, *i)))
+                        })
+                });
+                match src {
+                    Some((src, pos))
+                        if src.kind == Kind::File && (src.hash.is_some() || !under(&path)) =>
+                    {
+                        adds.push((path, Entry { mtime, ..src }, pos));
+                    }
+                    _ => notes.push(format!(
+                        "image: dropped the hard link {path:?}: its target is not a file of the tree"
+                    )),
+                }
+                continue;
+            } else if et.is_file() {
+                let hash = if under(&path) {
+                    let mut hs = blake3::Hasher::new();
+                    std::io::copy(&mut e, &mut hs)
+                        .with_context(|| format!("reading {path:?} in the layer {digest}"))?;
+                    Some(*hs.finalize().as_bytes())
+                } else {
+                    None
+                };
+                Entry {
+                    kind: Kind::File,
+                    mode: clean_mode(Kind::File, raw_mode),
+                    size: h.size().unwrap_or(0),
+                    mtime,
+                    mtime_nsec: 0,
+                    hash,
+                    target: None,
+                }
+            } else {
+                if under(&path) {
+                    notes.push(format!(
+                        "image: skipped {path:?}: a device, fifo or other special file"
+                    ));
+                }
+                continue;
+            };
+            adds.push((path, entry, encode_pos(li, ei as u64)));
+        }
+        // Whiteouts hide what the lower layers had; this layer's own entries stay.
+        for d in opaque {
+            remove_below(&mut merged, &d, false);
+        }
+        for w in whiteouts {
+            remove_below(&mut merged, &w, true);
+        }
+        for (path, entry, pos) in adds {
+            if entry.kind != Kind::Dir {
+                remove_below(&mut merged, &path, false);
+            }
+            let (l, i) = decode_pos(pos);
+            merged.insert(path, (entry, l, i));
+        }
+    }
+    // The tree root must be a real directory all the way down in the image.
+    if !prefix.is_empty() {
+        let mut acc = String::new();
+        for c in prefix.split('/') {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(c);
+            if let Some((e, _, _)) = merged.get(&acc) {
+                if e.kind != Kind::Dir {
+                    bail!(
+                        "in the image {}, /{acc} is not a directory (a {}); image.path must be a directory of the image",
+                        reference,
+                        if e.kind == Kind::Symlink { "symlink" } else { "file" }
+                    );
+                }
+            }
+        }
+    }
+    let mut tree = Tree::new();
+    let start = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    };
+    for (full, (entry, l, i)) in merged.range(start.clone()..) {
+        if !full.starts_with(&start) {
+            break;
+        }
+        let rel = &full[start.len()..];
+        // Every ancestor inside the tree must be a directory of the image.
+        let mut ok = true;
+        let mut anc = rel;
+        while let Some(idx) = anc.rfind('/') {
+            anc = &anc[..idx];
+            match tree.get(anc) {
+                Some(e) if e.kind == Kind::Dir => break,
+                Some(_) => {
+                    ok = false;
+                    break;
+                }
+                None => match merged.get(&format!("{start}{anc}")) {
+                    Some((e, _, _)) if e.kind != Kind::Dir => {
+                        ok = false;
+                        break;
+                    }
+                    _ => {
+                        tree.insert(
+                            anc.to_string(),
+                            Entry {
+                                kind: Kind::Dir,
+                                mode: 0o755,
+                                size: 0,
+                                mtime: 0,
+                                mtime_nsec: 0,
+                                hash: None,
+                                target: None,
+                            },
+                        );
+                    }
+                },
+            }
+        }
+        if !ok {
+            notes.push(format!(
+                "image: dropped {rel:?}: a parent of it is a symlink or a file in the image"
+            ));
+            continue;
+        }
+        if entry.kind == Kind::File {
+            winners.insert(rel.to_string(), (*l, *i));
+        }
+        tree.insert(rel.to_string(), entry.clone());
+    }
+    Ok(tree)
+}
+
+/// Streams the content of each file in `wanted` (relative paths of the tree) to `f`, in the
+/// layers' order; `winners` as [`tree`] filled it.
+pub(super) fn fetch(
+    store: &Store,
+    layers: &[(String, String)],
+    winners: &HashMap<String, (usize, u64)>,
+    wanted: &[String],
+    f: &mut dyn FnMut(&str, &mut dyn Read) -> Result<()>,
+) -> Result<()> {
+    // (layer, index) -> paths that take their bytes from there.
+    let mut by_pos: BTreeMap<(usize, u64), Vec<&str>> = BTreeMap::new();
+    for rel in wanted {
+        let pos = winners
+            .get(rel)
+            .with_context(|| format!("{rel:?} is not a file of the image"))?;
+        by_pos.entry(*pos).or_default().push(rel);
+    }
+    for (li, (digest, mt)) in layers.iter().enumerate() {
+        if by_pos.range((li, 0)..=(li, u64::MAX)).next().is_none() {
+            continue;
+        }
+        let mut ar = tar::Archive::new(decompress(mt, store.open(digest)?)?);
+        for (ei, e) in ar.entries()?.enumerate() {
+            let mut e = e.with_context(|| format!("reading the layer {digest}"))?;
+            let Some(paths) = by_pos.get(&(li, ei as u64)) else {
+                continue;
+            };
+            if paths.len() == 1 {
+                f(paths[0], &mut e)?;
+            } else {
+                let mut buf = Vec::new();
+                e.read_to_end(&mut buf)?;
+                for p in paths {
+                    f(p, &mut &buf[..])?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Normalises a path from a tar header: relative, no `.` or empty components; `None` when it
+/// has `..` or is not UTF-8.
+fn normalize(raw: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(raw).ok()?;
+    let mut parts = Vec::new();
+    for c in s.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return None,
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+fn decompress(media_type: &str, r: Box<dyn Read>) -> Result<Box<dyn Read>> {
+    if media_type.ends_with("gzip") || media_type.ends_with("+gzip") {
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(
+            std::io::BufReader::with_capacity(1 << 16, r),
+        )))
+    } else if media_type.ends_with("zstd") {
+        Ok(Box::new(
+            zstd::stream::read::Decoder::new(r).context("starting zstd")?,
+        ))
+    } else if media_type.ends_with(".tar") || media_type.ends_with("tar") {
+        Ok(r)
+    } else {
+        bail!("unsupported layer media type {media_type:?}")
+    }
+}
+
+fn encode_pos(layer: usize, index: u64) -> u64 {
+    ((layer as u64) << 40) | index
+}
+
+fn decode_pos(p: u64) -> (usize, u64) {
+    ((p >> 40) as usize, p & ((1 << 40) - 1))
+}
+
+fn remove_below<V>(m: &mut BTreeMap<String, V>, path: &str, and_self: bool) {
+    if and_self {
+        m.remove(path);
+    }
+    let start = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}/")
+    };
+    let keys: Vec<String> = m
+        .range(start.clone()..)
+        .take_while(|(k, _)| k.starts_with(&start))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in keys {
+        m.remove(&k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_refuses_dotdot() {
+        assert_eq!(normalize(b"./srv//a/./b").as_deref(), Some("srv/a/b"));
+        assert_eq!(normalize(b"/srv/a").as_deref(), Some("srv/a"));
+        assert!(normalize(b"srv/../../etc/passwd").is_none());
+    }
+}

@@ -1,0 +1,215 @@
+//! The OCI image format, wherever its blobs are kept: the blob [`Store`] (a directory in OCI
+//! image layout, or containerd's content store through `ctr`), the index, manifest and config
+//! JSON, the candidates a store has of the repository, and opening one as a layered [`Image`].
+//! It only reads: it must never write to a store, never take a file name from a blob except a
+//! checked `algorithm:hex` digest, and never read more than 16 MiB of a JSON blob.
+
+use super::{containerd, parse_publish_tag, Backend, Candidate, Image};
+use crate::config::{Config, ImageSource};
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+
+/// Where blobs come from.
+#[derive(Clone)]
+pub(super) enum Store {
+    OciLayout(PathBuf),
+    Containerd { address: PathBuf, namespace: String },
+}
+
+pub(super) fn store(cfg: &Config) -> Store {
+    match cfg.image.source {
+        ImageSource::OciLayout => Store::OciLayout(cfg.image.location.clone().unwrap_or_default()),
+        _ => Store::Containerd {
+            address: cfg.image.containerd_address.clone(),
+            namespace: cfg.image.namespace.clone(),
+        },
+    }
+}
+
+impl Store {
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Store::OciLayout(p) => format!("the OCI layout {}", p.display()),
+            Store::Containerd { address, namespace } => format!(
+                "containerd at {} (namespace {namespace})",
+                address.display()
+            ),
+        }
+    }
+
+    /// A blob's bytes, streamed.
+    pub(super) fn open(&self, digest: &str) -> Result<Box<dyn Read>> {
+        let (alg, hex) = check_digest(digest)?;
+        match self {
+            Store::OciLayout(dir) => {
+                let p = dir.join("blobs").join(alg).join(hex);
+                let f = std::fs::File::open(&p)
+                    .with_context(|| format!("opening the blob {}", p.display()))?;
+                Ok(Box::new(f))
+            }
+            Store::Containerd { address, namespace } => {
+                containerd::content_get(address, namespace, digest)
+            }
+        }
+    }
+
+    fn json(&self, digest: &str) -> Result<Value> {
+        let mut buf = Vec::new();
+        self.open(digest)?
+            .take(16 << 20)
+            .read_to_end(&mut buf)
+            .with_context(|| format!("reading the blob {digest} from {}", self.describe()))?;
+        serde_json::from_slice(&buf)
+            .with_context(|| format!("parsing the blob {digest} from {} as JSON", self.describe()))
+    }
+}
+
+fn check_digest(d: &str) -> Result<(&str, &str)> {
+    let Some((alg, hex)) = d.split_once(':') else {
+        bail!("{d:?} is not a digest (algorithm:hex)");
+    };
+    if alg.is_empty()
+        || !alg
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        || hex.len() < 32
+        || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        bail!("{d:?} is not a digest (algorithm:hex)");
+    }
+    Ok((alg, hex))
+}
+
+/// Images of the repository in the store.
+pub(super) fn list(store: &Store, cfg: &Config) -> Result<Vec<Candidate>> {
+    let repo = &cfg.image.repository;
+    let mut out = Vec::new();
+    match store {
+        Store::OciLayout(dir) => {
+            let p = dir.join("index.json");
+            let text = std::fs::read(&p)
+                .with_context(|| format!("reading the OCI layout index {}", p.display()))?;
+            let index: Value = serde_json::from_slice(&text)
+                .with_context(|| format!("parsing {}", p.display()))?;
+            for d in index["manifests"].as_array().into_iter().flatten() {
+                let Some(name) = d["annotations"]["org.opencontainers.image.ref.name"].as_str()
+                else {
+                    continue;
+                };
+                // A bare tag names an image of the layout (umoci and skopeo write those);
+                // a full reference must be of the repository.
+                let tag = match name.rsplit_once(':') {
+                    Some((r, t)) if r == repo => t,
+                    Some((r, _)) if r.contains('/') || !r.is_empty() => continue,
+                    _ => name,
+                };
+                if tag.contains('/') {
+                    continue;
+                }
+                let Some(digest) = d["digest"].as_str() else {
+                    continue;
+                };
+                out.push(Candidate {
+                    reference: format!("{repo}:{tag}"),
+                    tag: tag.to_string(),
+                    digest: digest.to_string(),
+                    created: None,
+                });
+            }
+        }
+        Store::Containerd { address, namespace } => {
+            out.extend(containerd::list(
+                address,
+                namespace,
+                repo,
+                &store.describe(),
+            )?);
+        }
+    }
+    // Creation time only matters for tags that do not say when they were published.
+    for c in &mut out {
+        if parse_publish_tag(&c.tag).is_none() {
+            c.created = manifest_for(store, &c.digest)
+                .and_then(|m| {
+                    let cfgd = m["config"]["digest"]
+                        .as_str()
+                        .context("no config")?
+                        .to_string();
+                    store.json(&cfgd)
+                })
+                .ok()
+                .and_then(|conf| {
+                    conf["created"]
+                        .as_str()
+                        .and_then(|s| humantime::parse_rfc3339_weak(s.get(..19)?).ok())
+                })
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs() as i64);
+        }
+    }
+    Ok(out)
+}
+
+/// The image manifest for `digest`, descending an index to this machine's platform.
+fn manifest_for(store: &Store, digest: &str) -> Result<Value> {
+    let mut v = store.json(digest)?;
+    for _ in 0..4 {
+        if v["manifests"].is_array() {
+            let arch = match std::env::consts::ARCH {
+                "x86_64" => "amd64",
+                "aarch64" => "arm64",
+                a => a,
+            };
+            let ms = v["manifests"].as_array().cloned().unwrap_or_default();
+            let pick = ms
+                .iter()
+                .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == arch)
+                .or_else(|| (ms.len() == 1).then(|| &ms[0]))
+                .with_context(|| format!("the index {digest} has no manifest for linux/{arch}"))?;
+            let d = pick["digest"]
+                .as_str()
+                .context("a manifest without a digest")?;
+            v = store.json(d)?;
+        } else {
+            return Ok(v);
+        }
+    }
+    bail!("the index {digest} nests too deep")
+}
+
+/// A layered image: its manifest's layers; the tree is read from them on demand.
+pub(super) fn open_layered(
+    cfg: &Config,
+    store: Store,
+    reference: String,
+    digest: &str,
+) -> Result<Image> {
+    let m = manifest_for(&store, digest)
+        .with_context(|| format!("reading the manifest of {reference}"))?;
+    let mut layers = Vec::new();
+    for l in m["layers"].as_array().into_iter().flatten() {
+        let d = l["digest"].as_str().context("a layer without a digest")?;
+        let mt = l["mediaType"].as_str().unwrap_or("").to_string();
+        layers.push((d.to_string(), mt));
+    }
+    let prefix = cfg
+        .image
+        .path
+        .to_string_lossy()
+        .trim_matches('/')
+        .to_string();
+    Ok(Image {
+        reference,
+        digest: digest.to_string(),
+        backend: Backend::Layers {
+            store,
+            layers,
+            prefix,
+        },
+        winners: HashMap::new(),
+        tree_cache: None,
+    })
+}

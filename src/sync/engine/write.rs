@@ -1,0 +1,214 @@
+//! Putting entries in place: a file's content goes into an unnamed `O_TMPFILE` inode (new
+//! names) or a journaled temp name in the same directory (replacements), gets its mode and
+//! mtime, then is linked or renamed over the name; the manifest records each entry with its live
+//! stat. It must never write through a symlink (temp names are created `O_EXCL|O_NOFOLLOW`),
+//! never create a temp name before the journal lists it, and never put a file over a live entry
+//! that changed after it was decided.
+
+use super::Engine;
+use crate::fs::at::{self, DirCache, Opened};
+use crate::image::Entry;
+use crate::sync::live::quick;
+use crate::sync::manifest::{esc, MEntry};
+use anyhow::{bail, Context, Result};
+use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+use std::io::{Read, Write};
+use std::os::fd::BorrowedFd;
+
+impl Engine<'_> {
+    pub(super) fn temp_name(&self, name: &str) -> String {
+        let mut n = name;
+        while n.len() > 200 {
+            let mut cut = 200;
+            while !n.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            n = &n[..cut];
+        }
+        format!(".mwx-tmp.{n}.{}", self.pid)
+    }
+
+    pub(super) fn journal_tmp(&mut self, parent: &str, tmp: &str) -> Result<()> {
+        if let Some(j) = &mut self.journal {
+            let mut line = String::from("tmp\t");
+            if !parent.is_empty() {
+                esc(parent, &mut line);
+                line.push('/');
+            }
+            esc(tmp, &mut line);
+            line.push('\n');
+            j.write_all(line.as_bytes())
+                .context("writing the sync journal")?;
+        }
+        Ok(())
+    }
+
+    /// Writes one file: temp file in the same directory, content, mode, mtime, rename.
+    pub(super) fn write_file(
+        &mut self,
+        dc: &mut DirCache,
+        p: &str,
+        r: &mut dyn Read,
+    ) -> Result<()> {
+        let Some(pending) = self.pending.remove(p) else {
+            return Ok(());
+        };
+        let mut e = self.tree[p].clone();
+        let (parent, name) = at::split(p);
+        let d = match dc.open(parent)? {
+            Opened::Dir(d) => d,
+            Opened::Missing(b) | Opened::Blocked(b) => {
+                self.keep(p, &format!("{b} changed here while syncing"));
+                return Ok(());
+            }
+        };
+        let now = at::lstat_at(d, name)?;
+        let now_seen = now.as_ref().map(|s| {
+            let q = quick(s);
+            (q.0, q.1, q.2, s.st_size)
+        });
+        if now_seen != pending.seen {
+            self.keep(p, "changed here while syncing");
+            return Ok(());
+        }
+        if pending.backup {
+            if let Some(st) = &now {
+                self.backup(p, d, name, st)?;
+            }
+        }
+        // A new name: an unnamed O_TMPFILE inode, linked in once complete (nothing to clean up
+        // if the process dies). Replacing a name: a journaled temp name, then rename over it.
+        let anon = if now.is_none() {
+            rustix::fs::openat(
+                d,
+                ".",
+                OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .ok()
+        } else {
+            None
+        };
+        let (fd, tmp) = match anon {
+            Some(fd) => (fd, None),
+            None => {
+                let tmp = self.temp_name(name);
+                self.journal_tmp(parent, &tmp)?;
+                let flags = OFlags::WRONLY
+                    | OFlags::CREATE
+                    | OFlags::EXCL
+                    | OFlags::NOFOLLOW
+                    | OFlags::CLOEXEC;
+                let fd =
+                    match rustix::fs::openat(d, tmp.as_str(), flags, Mode::from_raw_mode(0o600)) {
+                        Ok(fd) => fd,
+                        Err(Errno::EXIST) => {
+                            rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty())?;
+                            rustix::fs::openat(d, tmp.as_str(), flags, Mode::from_raw_mode(0o600))?
+                        }
+                        Err(err) => {
+                            return Err(err)
+                                .with_context(|| format!("creating a temporary file for {p}"))
+                        }
+                    };
+                (fd, Some(tmp))
+            }
+        };
+        let mut f = std::fs::File::from(fd);
+        let mut hs = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut size = 0u64;
+        let copied = (|| -> Result<()> {
+            loop {
+                let n = r
+                    .read(&mut buf)
+                    .with_context(|| format!("reading {p} from the image"))?;
+                if n == 0 {
+                    break;
+                }
+                hs.update(&buf[..n]);
+                f.write_all(&buf[..n])
+                    .with_context(|| format!("writing {p}"))?;
+                size += n as u64;
+            }
+            let h = *hs.finalize().as_bytes();
+            if e.hash.is_some_and(|want| want != h) || size != e.size {
+                bail!("{p} changed in the image while it was being read; run sync again");
+            }
+            e.hash = Some(h);
+            rustix::fs::fchmod(&f, Mode::from_raw_mode(e.mode & 0o1777))?;
+            let t = Timespec {
+                tv_sec: e.mtime,
+                tv_nsec: e.mtime_nsec as _,
+            };
+            rustix::fs::futimens(
+                &f,
+                &Timestamps {
+                    last_access: t,
+                    last_modification: t,
+                },
+            )?;
+            Ok(())
+        })();
+        if let Err(err) = copied {
+            if let Some(tmp) = &tmp {
+                let _ = rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty());
+            }
+            return Err(err);
+        }
+        self.step();
+        let d = match dc.open(parent)? {
+            Opened::Dir(d) => d,
+            _ => bail!("the directory of {p} vanished while syncing"),
+        };
+        match &tmp {
+            None => match rustix::fs::linkat(&f, "", d, name, AtFlags::EMPTY_PATH) {
+                Ok(()) => {}
+                Err(Errno::EXIST) => {
+                    self.keep(p, "created here while syncing");
+                    return Ok(());
+                }
+                Err(err) => return Err(err).with_context(|| format!("linking {p} into place")),
+            },
+            Some(tmp) => {
+                if let Err(err) = rustix::fs::renameat(d, tmp.as_str(), d, name) {
+                    let _ = rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty());
+                    if err == Errno::ISDIR || err == Errno::NOTEMPTY {
+                        self.keep(p, "a directory here where the image has a file");
+                        return Ok(());
+                    }
+                    return Err(err).with_context(|| format!("renaming {p} into place"));
+                }
+            }
+        }
+        drop(f);
+        self.step();
+        if let Some(t) = self.tree.get_mut(p) {
+            t.hash = e.hash;
+        }
+        self.finish_written(d, name, p, e, "write", "")
+    }
+
+    /// After an entry is in place under its final name: the permissions policy, then the
+    /// manifest records it with its live inode, mtime and ctime (the cheap "untouched since"
+    /// check of the next run), and the report counts it.
+    pub(super) fn finish_written(
+        &mut self,
+        d: BorrowedFd<'_>,
+        name: &str,
+        p: &str,
+        e: Entry,
+        action: &str,
+        detail: &str,
+    ) -> Result<()> {
+        self.apply_policy(d, name);
+        let live = at::lstat_at(d, name)?
+            .map(|s| quick(&s))
+            .unwrap_or_default();
+        self.count("written");
+        self.change(action, p, detail);
+        self.man.entries.insert(p.to_string(), MEntry { e, live });
+        Ok(())
+    }
+}

@@ -1,0 +1,276 @@
+//! The `code` component: keep the tree current from the newest image, keeping engineers' edits.
+//!
+//! A manifest in `state_dir/sync/manifest.tsv` records what the last sync wrote (path, type,
+//! size, mtime, BLAKE3 of the content, mode, symlink target, and the inode/mtime/ctime the live
+//! entry had right after we wrote it, for a cheap "untouched since" check). Per path:
+//!
+//! * the image did not change it: nothing (no stat of the live tree at all);
+//! * the image changed it and the live entry still equals the manifest: replaced atomically
+//!   (temp file `.mwx-tmp.<name>.<pid>` in the same directory, `renameat` over it);
+//! * the live entry already equals the new image: adopted (this is how an interrupted run is
+//!   completed: whatever it had renamed into place is recognised, not rewritten);
+//! * the live entry differs from both (an engineer's edit): kept and reported, unless `--force`,
+//!   which first copies it to `state_dir/backups/<time>/<path>`;
+//! * gone from the image: deleted only if the live entry equals the manifest;
+//! * not in the manifest (an engineer's file): kept.
+//!
+//! The same image digest as the last sync ends the run before the live tree is touched. Every
+//! directory is opened from its parent's fd with `O_NOFOLLOW|O_DIRECTORY` ([`crate::fs::at`]): a
+//! live path component that is a symlink or a file stops that subtree, reported. Temp files are
+//! listed in `state_dir/sync/journal` before they are created, so the next run removes what a
+//! killed run left without walking the tree.
+//!
+//! This folder: `mod.rs` holds the component's entry points (`check`, `apply`, `sync`) and the
+//! small helpers its parts share; `manifest` the state files (manifest and last sync), `live`
+//! the read-only comparisons of live entries, `engine` the writer, `recover` the journal
+//! cleanup, `diff` and `reset` the two commands of that name. Nothing here follows a symlink of
+//! the live tree or writes outside `code.path` and `state_dir`.
+
+use crate::config::Config;
+use crate::fs::at;
+use crate::image;
+use crate::plan::{Change, ComponentPlan};
+use anyhow::{bail, Context, Result};
+use rustix::io::Errno;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+mod diff;
+mod engine;
+mod live;
+mod manifest;
+mod recover;
+mod reset;
+
+pub use diff::diff;
+pub use reset::reset;
+
+use engine::{Engine, EngineOpts};
+use manifest::{LastSync, Manifest};
+use recover::recover;
+
+#[derive(Clone, Debug, Default)]
+pub struct SyncOptions {
+    pub force: bool,
+    pub dry_run: bool,
+}
+
+/// Changes listed one by one in a plan; the counts are always exact.
+const MAX_LISTED: usize = 200;
+
+/// The environment variable of the test hook: `N` makes the process SIGKILL itself after its
+/// N-th step (a temp file written, a rename, a mkdir, an unlink). For the interruption tests
+/// only; never set it in production.
+pub const TEST_KILL_AFTER: &str = "MW_EXPERIMENTAL_TEST_KILL_AFTER";
+
+/// What a sync would change (is the tree at the newest image?).
+pub fn check(cfg: &Config) -> Result<ComponentPlan> {
+    let mut plan = ComponentPlan::default();
+    if !cfg.enabled {
+        plan.notes
+            .push("the switch is off: the tree is left as it is".into());
+        return Ok(plan);
+    }
+    let last = LastSync::read(cfg)?;
+    let img = image::newest(cfg)?;
+    match &last {
+        Some(l) if l.digest == img.digest => {
+            plan.observed = l.observed();
+        }
+        _ => {
+            plan.changes.push(Change::new(
+                "sync",
+                &img.reference,
+                format!(
+                    "{} -> {}",
+                    last.as_ref()
+                        .map(|l| l.digest.as_str())
+                        .unwrap_or("never synced"),
+                    img.digest
+                ),
+            ));
+            plan.counts.insert("image".into(), 1);
+            if let Some(l) = &last {
+                plan.observed = l.observed();
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Sync, keeping edits (apply's path for the `code` component).
+pub fn apply(cfg: &Config) -> Result<ComponentPlan> {
+    if !cfg.enabled {
+        let mut plan = ComponentPlan::default();
+        plan.notes
+            .push("the switch is off: the tree is left as it is".into());
+        return Ok(plan);
+    }
+    sync(cfg, &SyncOptions::default())
+}
+
+pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
+    let started = Instant::now();
+    let dir = sync_dir(cfg);
+    if !opts.dry_run {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the sync state directory {}", dir.display()))?;
+        recover(cfg)?;
+    }
+    let last = LastSync::read(cfg)?;
+    let mut img = image::newest(cfg)?;
+    log::info!("newest image: {} ({})", img.reference, img.digest);
+    log::debug!(
+        "found the newest image in {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(l) = &last {
+        if l.digest == img.digest && !opts.force {
+            log::info!(
+                "{} was synced at {}: nothing to do",
+                l.reference,
+                l.synced_at
+            );
+            let mut plan = ComponentPlan {
+                observed: l.observed(),
+                ..Default::default()
+            };
+            plan.metrics = metrics(0, 0, started, l.files);
+            plan.metrics
+                .insert("synced_timestamp_seconds".into(), l.unix as f64);
+            return Ok(plan);
+        }
+    }
+    let mut notes = Vec::new();
+    let tree = img.tree(&mut notes)?;
+    log::debug!(
+        "read the image tree by {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
+    if opts.dry_run && at::open_dir_path(&cfg.code.path).err() == Some(Errno::NOENT) {
+        // Nothing there yet: everything would be written.
+        let mut plan = ComponentPlan {
+            notes,
+            ..Default::default()
+        };
+        plan.counts.insert("written".into(), tree.len() as u64);
+        plan.changes.push(Change::new(
+            "create",
+            cfg.code.path.display().to_string(),
+            format!("{} entries from {}", tree.len(), img.reference),
+        ));
+        plan.observed = json!({"image": img.reference, "digest": img.digest, "files": tree.len(), "dry_run": true});
+        return Ok(plan);
+    }
+    let old = Manifest::read(cfg)?;
+    log::debug!(
+        "read the manifest by {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
+    let eng = Engine::new(
+        cfg,
+        &img,
+        tree,
+        old,
+        EngineOpts {
+            force: opts.force,
+            dry_run: opts.dry_run,
+            all_changed: opts.force,
+            scope: vec![String::new()],
+            remove_added: false,
+        },
+        notes,
+    )?;
+    let out = eng.run()?;
+    log::debug!("synced the tree by {:.3}s", started.elapsed().as_secs_f64());
+    let mut plan = out.plan(started);
+    if !opts.dry_run {
+        out.manifest.write(cfg)?;
+        log::debug!(
+            "wrote the manifest by {:.3}s",
+            started.elapsed().as_secs_f64()
+        );
+        let (at, unix) = crate::state::now();
+        let l = LastSync {
+            reference: img.reference.clone(),
+            digest: img.digest.clone(),
+            synced_at: at,
+            unix,
+            files: out.files,
+            local_edits: out.kept,
+        };
+        l.write(cfg)?;
+        plan.metrics
+            .insert("synced_timestamp_seconds".into(), unix as f64);
+        let _ = std::fs::remove_file(dir.join("journal"));
+        plan.observed = l.observed();
+    } else {
+        plan.observed = json!({"image": img.reference, "digest": img.digest, "files": out.files, "dry_run": true});
+    }
+    Ok(plan)
+}
+
+fn sync_dir(cfg: &Config) -> PathBuf {
+    cfg.state_dir.join("sync")
+}
+
+fn metrics(written: u64, kept: u64, started: Instant, files: u64) -> BTreeMap<String, f64> {
+    BTreeMap::from([
+        ("files_written".to_string(), written as f64),
+        ("edits_kept".to_string(), kept as f64),
+        (
+            "duration_seconds".to_string(),
+            started.elapsed().as_secs_f64(),
+        ),
+        ("files".to_string(), files as f64),
+    ])
+}
+
+/// `diff`/`reset` arguments as relative paths in the tree (`""`: all of it).
+fn scope_of(cfg: &Config, paths: &[PathBuf]) -> Result<Vec<String>> {
+    if paths.is_empty() {
+        return Ok(vec![String::new()]);
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        let rel = if p.is_absolute() {
+            p.strip_prefix(&cfg.code.path).map_err(|_| {
+                anyhow::anyhow!(
+                    "{} is not inside the code tree {}; give a path in it (absolute or relative to it)",
+                    p.display(),
+                    cfg.code.path.display()
+                )
+            })?
+        } else {
+            p.as_path()
+        };
+        let s = rel
+            .to_str()
+            .with_context(|| format!("{} is not valid UTF-8", p.display()))?;
+        let mut parts = Vec::new();
+        for c in s.split('/') {
+            match c {
+                "" | "." => {}
+                ".." => bail!(
+                    "{}: '..' is not allowed; give a path inside the tree",
+                    p.display()
+                ),
+                c => parts.push(c),
+            }
+        }
+        out.push(parts.join("/"));
+    }
+    Ok(out)
+}
+
+fn under(p: &str, prefix: &str) -> bool {
+    prefix.is_empty()
+        || p == prefix
+        || (p.len() > prefix.len() && p.starts_with(prefix) && p.as_bytes()[prefix.len()] == b'/')
+}
+
+fn in_scope(scope: &[String], p: &str) -> bool {
+    scope.iter().any(|s| under(p, s))
+}
