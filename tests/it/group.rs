@@ -1,8 +1,8 @@
 //! The group component against the real `groupadd`, `gpasswd` and `getent`: a fixed gid that is
 //! never renumbered, members added, users that do not exist reported but not pending.
 
+use crate::support::perm::*;
 use crate::support::*;
-use crate::support_perm::*;
 use std::process::Command;
 
 fn config(g_name: &str, gid: u32, members: &[&str]) -> String {

@@ -1,15 +1,13 @@
-//! All integration tests, in one test binary (one link, one place for the helpers).
-//! They run the real binary against real tools; see `support` for the world each test builds.
+//! All integration tests, in one test binary (one link, one place for the helpers). One file
+//! per capability, named as in `src/`; the worlds they build (a temp tree and config, a private
+//! containerd, the test Kubernetes API server, a deployer group) live in `support/`. They run
+//! the real binary against real tools.
 
 mod support;
-mod support_kube;
 
 mod cli;
-mod support_perm;
-
-mod containerd;
 mod group;
-mod kube_api;
+mod layout;
 mod node;
 mod packaging;
 mod permissions;

@@ -1,9 +1,9 @@
 //! The `node` component against the real kubectl and the test API server: the Node object as
 //! the API server holds it is what these tests check.
 
-use crate::kube_api::{node, ApiServer, Fault};
+use crate::support::kube::{kube_world, node_name, run};
+use crate::support::kube_api::{node, ApiServer, Fault};
 use crate::support::*;
-use crate::support_kube::{kube_world, node_name, run};
 use serde_json::json;
 use std::time::{Duration, Instant};
 

@@ -3,8 +3,8 @@
 //! converged tree getting zero writes. (A directory swapped for a symlink in the middle of the
 //! walk is pinned by `walk::tests`, which can pause the walk at an exact directory.)
 
+use crate::support::perm::*;
 use crate::support::*;
-use crate::support_perm::*;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;

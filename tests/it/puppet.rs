@@ -3,10 +3,10 @@
 //! test API server (real kubectl) and a real containerd on a private socket. One test, run in
 //! sequence, because enabling the timer and installing the package are machine-wide.
 
-use crate::containerd::Containerd;
-use crate::kube_api::{node, ApiServer, Fault};
+use crate::support::containerd::Containerd;
+use crate::support::kube_api::{node, ApiServer, Fault};
+use crate::support::perm::{getfacl, getfacl_tree, GroupGuard, UserGuard};
 use crate::support::*;
-use crate::support_perm::{getfacl, getfacl_tree, GroupGuard, UserGuard};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -2,9 +2,9 @@
 //! configured taint and select exactly the nodes that carry the configured labels (judged with
 //! Kubernetes' own matching rules against the Node the `node` component labelled).
 
-use crate::kube_api::{node, ApiServer};
+use crate::support::kube::{kube_world, node_name, run};
+use crate::support::kube_api::{node, ApiServer};
 use crate::support::*;
-use crate::support_kube::{kube_world, node_name, run};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Command, Stdio};

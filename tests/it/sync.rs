@@ -1,7 +1,7 @@
 //! `sync`, `diff`, `reset`: the tree follows the newest image, engineers' edits are kept,
 //! nothing outside the tree is ever touched, and a killed run is completed by the next.
 
-use crate::containerd::Containerd;
+use crate::support::containerd::Containerd;
 use crate::support::*;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

@@ -150,3 +150,8 @@ pub fn have(program: &str) -> bool {
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
         .unwrap_or(false)
 }
+
+pub mod containerd;
+pub mod kube;
+pub mod kube_api;
+pub mod perm;

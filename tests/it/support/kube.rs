@@ -1,6 +1,6 @@
 //! Helpers for the tests that run the binary against the test API server with the real kubectl.
 
-use crate::kube_api::ApiServer;
+use crate::support::kube_api::ApiServer;
 use crate::support::{unique, Out, World};
 use std::time::{Duration, Instant};
 
