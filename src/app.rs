@@ -19,7 +19,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(print_fact(cli.config.as_deref()));
     }
     if let Command::Generate { what } = &cli.command {
-        crate::cli::generate(what)?;
+        crate::commands::generate::generate(what)?;
         return Ok(ExitCode::Ok);
     }
     let cfg = load_config(cli.config.as_deref())?;

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod exit_codes;
 pub mod facts;
@@ -26,6 +27,8 @@ pub mod render;
 pub mod fsat;
 pub mod image;
 pub mod sync;
+
+pub use commands::main;
 
 /// The tool's version, as recorded in the state and the fact.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
