@@ -2,12 +2,13 @@
 //! and metrics, prints data on stdout and returns the exit code.
 
 use crate::cli::{Cli, Command};
+use crate::components::{check, converge, parse_components};
 use crate::config::{self, Config};
 use crate::exit_codes::ExitCode;
 use crate::plan::{Component, ComponentPlan, SAMPLE};
 use crate::state::{self, ComponentState, Lock, Run, State};
-use crate::{facts, group, metrics, node, permissions, render, status, sync};
-use anyhow::{bail, Context, Result};
+use crate::{facts, metrics, render, status, sync};
+use anyhow::{Context, Result};
 use serde_json::json;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -102,43 +103,6 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
         Some(p) => Config::load(p, true),
         None => Config::load(Path::new(config::DEFAULT_PATH), false),
     }
-}
-
-fn parse_components(names: &[String]) -> Result<Vec<Component>> {
-    if names.is_empty() {
-        return Ok(Component::DEFAULT.to_vec());
-    }
-    let mut out = Vec::new();
-    for n in names {
-        let Some(c) = Component::parse(n) else {
-            bail!("unknown component {n:?}: choose from group, permissions, node, code");
-        };
-        if !out.contains(&c) {
-            out.push(c);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-fn check(cfg: &Config, c: Component) -> Result<ComponentPlan> {
-    let plan = match c {
-        Component::Group => group::check(cfg),
-        Component::Permissions => permissions::check(cfg),
-        Component::Node => node::check(cfg),
-        Component::Code => sync::check(cfg),
-    };
-    plan.map(|p| p.bounded(SAMPLE))
-}
-
-fn converge(cfg: &Config, c: Component) -> Result<ComponentPlan> {
-    let done = match c {
-        Component::Group => group::apply(cfg),
-        Component::Permissions => permissions::apply(cfg),
-        Component::Node => node::apply(cfg),
-        Component::Code => sync::apply(cfg),
-    };
-    done.map(|p| p.bounded(SAMPLE))
 }
 
 /// `plan`: 0 converged, 1 pending, 2 when any check failed. Read-only: writes nothing.

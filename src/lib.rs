@@ -17,11 +17,11 @@ pub mod state;
 pub mod status;
 
 pub mod acl;
-pub mod group;
 pub mod permissions;
 pub mod walk;
 
-pub mod node;
+pub mod components;
+pub mod kube;
 pub mod render;
 
 pub mod fsat;
@@ -29,6 +29,10 @@ pub mod image;
 pub mod sync;
 
 pub use commands::main;
+
+// `crate::permissions` names `crate::group::resolve`; it moves into `components/` next, and then
+// this alias goes.
+pub use components::group;
 
 /// The tool's version, as recorded in the state and the fact.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
