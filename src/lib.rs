@@ -1,32 +1,41 @@
 //! mw-experimental: the node side of a MediaWiki-on-Kubernetes test service.
 //!
 //! One binary does every action on a node: Puppet runs `plan`/`apply`, Facter runs `facts`, a
-//! systemd timer runs `sync`, engineers run `status`, `diff` and `reset`. Each capability is one
-//! module; they talk through plain data ([`plan::ComponentPlan`], [`state::State`]).
+//! systemd timer runs `sync`, engineers run `status`, `diff` and `reset`. The modules form
+//! layers, and a lower layer never names a higher one; they talk through plain data
+//! ([`plan::ComponentPlan`], [`state::State`]).
 
-pub mod app;
-pub mod cli;
-pub mod commands;
+// Primitives: configuration, plans, the state file and lock, exit codes, logging, and the
+// fd-relative filesystem code. They know nothing of components or commands.
 pub mod config;
 pub mod exit_codes;
-pub mod facts;
 pub mod logging;
-pub mod metrics;
 pub mod plan;
 pub mod state;
-pub mod status;
 
 pub mod acl;
-pub mod permissions;
+pub mod fsat;
 pub mod walk;
 
-pub mod components;
-pub mod kube;
-pub mod render;
-
-pub mod fsat;
+// Capabilities: one thing the node can do (read an image, sync a tree, run kubectl, render the
+// workload, build the fact, write metrics), with no policy of which component wants it.
+pub mod facts;
 pub mod image;
+pub mod kube;
+pub mod metrics;
+pub mod render;
 pub mod sync;
+
+// Components: the four of DESIGN.md, each a check and an apply over the capabilities.
+// (`permissions` joins `components/` when it is rebuilt.)
+pub mod components;
+pub mod permissions;
+
+// Commands: one file per subcommand, on top of the components; `main` is the program.
+pub mod commands;
+
+// The command line: clap types only, read by `commands`; it imports nothing from the crate.
+pub mod cli;
 
 pub use commands::main;
 
