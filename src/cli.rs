@@ -1,4 +1,9 @@
-//! The command line: clap definitions and nothing else (the work is in [`crate::app`]).
+//! The command line: clap definitions and nothing else.
+//!
+//! This is plain data that `commands` reads: the flags, the subcommands and their help, from
+//! which clap also makes the man pages and completions. It must never import from the crate or
+//! do any work (no configuration loading, no I/O): `crate::commands` reads it, so a `crate::`
+//! name here would close an import circle.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -98,68 +103,4 @@ pub enum Generated {
     Man { dir: PathBuf },
     /// Print the completion script for SHELL on stdout.
     Completion { shell: clap_complete::Shell },
-}
-
-/// Does what `generate` asked for: man pages into a directory, or a completion script on stdout.
-pub fn generate(what: &Generated) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use clap::CommandFactory;
-    use std::io::Write;
-    let mut cmd = Cli::command();
-    match what {
-        Generated::Man { dir } => clap_mangen::generate_to(cmd, dir)
-            .with_context(|| format!("writing the man pages into {}", dir.display())),
-        Generated::Completion { shell } => {
-            // Rendered into memory first: clap_complete panics on a failed write (closed pipe).
-            let mut script = Vec::new();
-            clap_complete::generate(*shell, &mut cmd, "mw-experimental", &mut script);
-            std::io::stdout()
-                .write_all(&script)
-                .with_context(|| format!("printing the {shell} completion script"))
-        }
-    }
-}
-
-/// The program: parse, run, print an error once with its whole chain, exit.
-pub fn main() -> std::process::ExitCode {
-    use crate::exit_codes::ExitCode;
-    // Invoked as `mw_experimental` (the facts.d symlink): the fact, whatever the arguments.
-    let argv0 = std::env::args_os().next().unwrap_or_default();
-    if std::path::Path::new(&argv0)
-        .file_name()
-        .is_some_and(|n| n == "mw_experimental")
-    {
-        crate::logging::init(0, true, log::LevelFilter::Error);
-        let config = std::env::var_os("MW_EXPERIMENTAL_CONFIG").map(PathBuf::from);
-        let fact = crate::facts::fact(config.as_deref());
-        println!("{fact}");
-        return ExitCode::Ok.into();
-    }
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::Error.into()
-            } else {
-                ExitCode::Ok.into()
-            };
-        }
-    };
-    let default_level = match cli.command {
-        Command::Facts
-        | Command::Plan { .. }
-        | Command::Diff { .. }
-        | Command::Render { .. }
-        | Command::Config => log::LevelFilter::Warn,
-        _ => log::LevelFilter::Info,
-    };
-    crate::logging::init(cli.verbose, cli.quiet, default_level);
-    match crate::app::run(cli) {
-        Ok(code) => code.into(),
-        Err(e) => {
-            log::error!("{e:#}");
-            ExitCode::Error.into()
-        }
-    }
 }

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    mw_experimental::cli::main()
+    mw_experimental::main()
 }

@@ -58,7 +58,7 @@ impl Policy {
                 cfg.code.path.display()
             );
         };
-        crate::group::resolve(cfg).with_context(|| {
+        crate::accounts::deployer_group(cfg).with_context(|| {
             format!(
                 "refusing to grant {} to deployers.gid {}",
                 cfg.code.path.display(),

@@ -1,11 +1,11 @@
-//! The `node` component: the managed labels and taints on this host's Node object, via kubectl.
+//! The `node` component: the managed labels and taints on this host's Node object.
 //!
 //! Kubelet flags (`--node-labels`, `--register-with-taints`) act only when a node registers, and
 //! the NodeRestriction admission plugin forbids a kubelet to change its own taints, so the switch
-//! must act on the Node object through the API server, with an operator's kubeconfig. We run the
-//! real `kubectl` (argument vector, no shell, stdin closed, output captured, killed at a hard
-//! deadline) rather than speak HTTP ourselves: it already knows every kubeconfig form (exec
-//! plugins, client certificates, proxies) that the cluster's admins use.
+//! must act on the Node object through the API server, with an operator's kubeconfig; the real
+//! `kubectl` runs through [`crate::kube`], which bounds each run and the whole component. This
+//! module is the policy only: what differs, the patch that fixes it, what the fact shows. It must
+//! never touch a label or taint it does not manage.
 //!
 //! Convergence is one read and at most one write: `kubectl get node NAME -o json`, then, only if
 //! something differs, one `kubectl patch node NAME --type=merge` that carries the label changes
@@ -16,24 +16,24 @@
 //! With it the API server answers 409 Conflict instead, and we read again and retry.
 
 use crate::config::{Config, Taint};
+use crate::kube::{self, Hints, Kubectl, Ran};
 use crate::plan::{Change, ComponentPlan};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 /// How often a write that lost a race (409 Conflict) is retried after a fresh read.
 const CONFLICT_RETRIES: u32 = 2;
 
+/// How many `timeout_seconds` the whole component may take: a read, a write, and a retry after
+/// a conflict fit; a Puppet run never waits longer than this on the API server.
+const BUDGET_TIMEOUTS: u32 = 3;
+
 /// What apply would change.
 pub fn check(cfg: &Config) -> Result<ComponentPlan> {
     let name = node_name(cfg)?;
-    let kubectl = Kubectl::new(cfg, &name);
-    let node = kubectl.get_node()?;
+    let kubectl = Kubectl::new(cfg, "the node component", BUDGET_TIMEOUTS);
+    let node = get_node(&kubectl, &name)?;
     let drift = Drift::compute(cfg, &node);
     Ok(drift.plan(cfg, &name, &node))
 }
@@ -41,16 +41,16 @@ pub fn check(cfg: &Config) -> Result<ComponentPlan> {
 /// Converges; returns what it changed.
 pub fn apply(cfg: &Config) -> Result<ComponentPlan> {
     let name = node_name(cfg)?;
-    let kubectl = Kubectl::new(cfg, &name);
+    let kubectl = Kubectl::new(cfg, "the node component", BUDGET_TIMEOUTS);
     let mut attempt = 0;
     loop {
-        let node = kubectl.get_node()?;
+        let node = get_node(&kubectl, &name)?;
         let drift = Drift::compute(cfg, &node);
         if drift.is_empty() {
             return Ok(drift.plan(cfg, &name, &node));
         }
         let patch = drift.patch(&node);
-        match kubectl.patch_node(&patch)? {
+        match patch_node(&kubectl, &name, &patch)? {
             Patched::Conflict(why) if attempt < CONFLICT_RETRIES => {
                 attempt += 1;
                 log::info!("node {name}: the Node changed while we wrote it ({why}); reading it again");
@@ -308,219 +308,55 @@ enum Patched {
     Conflict(String),
 }
 
-/// How many `timeout_seconds` the whole component may take: a read, a write, and a retry after
-/// a conflict fit; a Puppet run never waits longer than this on the API server.
-const BUDGET_TIMEOUTS: u32 = 3;
-
-/// kubectl, run for one Node: each run bounded by `timeout_seconds`, all of them together by
-/// `BUDGET_TIMEOUTS` times that.
-struct Kubectl<'a> {
-    cfg: &'a Config,
-    node: &'a str,
-    /// When the whole component must be done.
-    deadline: Instant,
-    /// The longest one kubectl run may take.
-    per_run: Duration,
+fn get_node(kubectl: &Kubectl<'_>, node: &str) -> Result<Value> {
+    let what = format!("reading Node {node}");
+    let ran = kubectl.run(&what, &["get", "node", node, "-o", "json"])?;
+    if !ran.ok {
+        return Err(failure(kubectl, node, &what, &ran));
+    }
+    parse_node(&what, &ran.stdout)
 }
 
-/// A finished kubectl run.
-struct Ran {
-    ok: bool,
-    code: Option<i32>,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl<'a> Kubectl<'a> {
-    fn new(cfg: &'a Config, node: &'a str) -> Self {
-        Kubectl {
-            cfg,
+fn patch_node(kubectl: &Kubectl<'_>, node: &str, patch: &Value) -> Result<Patched> {
+    let what = format!("patching Node {node}");
+    let body = patch.to_string();
+    log::debug!("{what}: {body}");
+    let ran = kubectl.run(
+        &what,
+        &[
+            "patch",
+            "node",
             node,
-            deadline: Instant::now()
-                + Duration::from_secs(cfg.kubernetes.timeout_seconds) * BUDGET_TIMEOUTS,
-            per_run: Duration::from_secs(cfg.kubernetes.timeout_seconds),
+            "--type=merge",
+            "-p",
+            &body,
+            "-o",
+            "json",
+        ],
+    )?;
+    if !ran.ok {
+        if ran.stderr.contains("(Conflict)") {
+            return Ok(Patched::Conflict(kube::cause(&ran.stderr)));
         }
+        return Err(failure(kubectl, node, &what, &ran));
     }
+    parse_node(&what, &ran.stdout).map(Patched::Done)
+}
 
-    fn get_node(&self) -> Result<Value> {
-        let what = format!("reading Node {}", self.node);
-        let ran = self.run(&what, &["get", "node", self.node, "-o", "json"])?;
-        if !ran.ok {
-            return Err(self.failure(&what, &ran));
-        }
-        parse_node(&what, &ran.stdout)
-    }
-
-    fn patch_node(&self, patch: &Value) -> Result<Patched> {
-        let what = format!("patching Node {}", self.node);
-        let body = patch.to_string();
-        log::debug!("{what}: {body}");
-        let ran = self.run(
-            &what,
-            &[
-                "patch",
-                "node",
-                self.node,
-                "--type=merge",
-                "-p",
-                &body,
-                "-o",
-                "json",
-            ],
-        )?;
-        if !ran.ok {
-            if ran.stderr.contains("(Conflict)") {
-                return Ok(Patched::Conflict(cause(&ran.stderr)));
-            }
-            return Err(self.failure(&what, &ran));
-        }
-        parse_node(&what, &ran.stdout).map(Patched::Done)
-    }
-
-    /// An error that names the node, the cause (kubectl's stderr) and what to do.
-    fn failure(&self, what: &str, ran: &Ran) -> anyhow::Error {
-        let cause = cause(&ran.stderr);
-        let hint = if ran.stderr.contains("(NotFound)") {
-            format!(
-                "no Node named {} is registered: set node_name in the configuration if this host registers under another name",
-                self.node
-            )
-        } else if ran.stderr.contains("(Forbidden)") {
-            "the kubeconfig's user may not do this: it needs get and patch on nodes (RBAC)".into()
-        } else if ran.stderr.contains("Unauthorized") || ran.stderr.contains("provide credentials")
-        {
-            "the API server refused the kubeconfig's credentials: renew them".into()
-        } else if ran.stderr.contains("is invalid") || ran.stderr.contains("(Invalid)") {
-            "the API server refused the change: check kubernetes.labels and kubernetes.taints in the configuration".into()
-        } else if ran.stderr.contains("Error from server") {
-            "the API server answered with an error: see its message, then run again".into()
-        } else {
-            format!(
-                "check that the API server in {} is reachable",
-                self.kubeconfig_name()
-            )
-        };
-        let code = ran
-            .code
-            .map_or_else(|| "killed by a signal".to_string(), |c| format!("exit {c}"));
-        anyhow!("{what}: kubectl failed ({code}): {cause}; {hint}")
-    }
-
-    fn kubeconfig_name(&self) -> String {
-        match &self.cfg.kubernetes.kubeconfig {
-            Some(p) => p.display().to_string(),
-            None => "kubectl's default kubeconfig".into(),
-        }
-    }
-
-    /// Runs kubectl with `args`, bounded by the deadline; `what` names the action in errors.
-    fn run(&self, what: &str, args: &[&str]) -> Result<Ran> {
-        let program = &self.cfg.kubernetes.kubectl;
-        let now = Instant::now();
-        let deadline = self.deadline.min(now + self.per_run);
-        let left = deadline.saturating_duration_since(now);
-        if left.is_zero() {
-            bail!(
-                "{what}: the node component used up its {}s ({BUDGET_TIMEOUTS} x kubernetes.timeout_seconds); the API server is too slow, run again later",
-                self.per_run.as_secs() * u64::from(BUDGET_TIMEOUTS)
-            );
-        }
-        let mut cmd = Command::new(program);
-        if let Some(k) = &self.cfg.kubernetes.kubeconfig {
-            cmd.arg("--kubeconfig").arg(k);
-        }
-        let secs = left.as_millis().div_ceil(1000).max(1);
-        cmd.arg(format!("--request-timeout={secs}s"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so that the kill reaches whatever kubectl starts (the
-            // gcloud dispatcher runs the versioned kubectl as a child).
-            .process_group(0);
-        log::debug!("running {cmd:?}");
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-                "{what}: kubectl {program:?} was not found; install kubectl or set kubernetes.kubectl to its absolute path"
-            ),
-            Err(e) => {
-                return Err(e).with_context(|| format!("{what}: starting kubectl {program:?}"))
-            }
-        };
-        let (tx, rx) = mpsc::channel();
-        for (i, pipe) in [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let tx = tx.clone();
-            if let Some(mut pipe) = pipe {
-                std::thread::spawn(move || {
-                    let mut buf = Vec::new();
-                    let _ = pipe.read_to_end(&mut buf);
-                    let _ = tx.send((i, buf));
-                });
-            }
-        }
-        drop(tx);
-        // The hard limit: a little after the request timeout that kubectl was given, so that its
-        // own message wins when it keeps to it.
-        let hard = deadline + Duration::from_millis(500);
-        let status = loop {
-            if let Some(status) = child
-                .try_wait()
-                .with_context(|| format!("{what}: waiting for kubectl"))?
-            {
-                break Some(status);
-            }
-            if Instant::now() >= hard {
-                let pgid = rustix::process::Pid::from_raw(child.id() as i32);
-                if let Some(pgid) = pgid {
-                    let _ =
-                        rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let until = Instant::now() + Duration::from_millis(300);
-        for _ in 0..2 {
-            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                Ok((0, b)) => stdout = b,
-                Ok((_, b)) => stderr = b,
-                Err(_) => break,
-            }
-        }
-        let stderr = String::from_utf8_lossy(&stderr).into_owned();
-        let Some(status) = status else {
-            let said = cause(&stderr);
-            bail!(
-                "{what}: kubectl did not finish within {}s (kubernetes.timeout_seconds: {}) and was killed{}; check that the API server in {} is reachable and answering",
-                left.as_millis().div_ceil(1000),
-                self.cfg.kubernetes.timeout_seconds,
-                if said.is_empty() { String::new() } else { format!(" (it said: {said})") },
-                self.kubeconfig_name()
-            );
-        };
-        Ok(Ran {
-            ok: status.success(),
-            code: status.code(),
-            stdout,
-            stderr,
-        })
-    }
+/// kubectl's failure, with what to do about a missing Node, missing rights or a refused change.
+fn failure(kubectl: &Kubectl<'_>, node: &str, what: &str, ran: &Ran) -> anyhow::Error {
+    let not_found = format!(
+        "no Node named {node} is registered: set node_name in the configuration if this host registers under another name"
+    );
+    kubectl.failure(
+        what,
+        ran,
+        &Hints {
+            not_found: &not_found,
+            forbidden: "the kubeconfig's user may not do this: it needs get and patch on nodes (RBAC)",
+            invalid: "the API server refused the change: check kubernetes.labels and kubernetes.taints in the configuration",
+        },
+    )
 }
 
 fn parse_node(what: &str, stdout: &[u8]) -> Result<Value> {
@@ -530,52 +366,6 @@ fn parse_node(what: &str, stdout: &[u8]) -> Result<Value> {
         bail!("{what}: kubectl returned a {} instead of a Node", v["kind"]);
     }
     Ok(v)
-}
-
-/// kubectl's stderr, reduced to what a person needs: its distinct lines without klog's
-/// prefixes, the last three, on one line.
-fn cause(stderr: &str) -> String {
-    let mut lines: Vec<String> = Vec::new();
-    for l in stderr.lines() {
-        let l = strip_klog(l.trim()).trim();
-        // klog's structured form: `"Unhandled Error" err="..."`.
-        let l = l
-            .strip_prefix("\"Unhandled Error\" err=")
-            .map_or(l, |e| e.trim_matches('"'));
-        if l.is_empty() || lines.iter().any(|x| x == l) {
-            continue;
-        }
-        let mut l = l.to_string();
-        if l.len() > 300 {
-            let mut cut = 300;
-            while !l.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            l.truncate(cut);
-            l.push('…');
-        }
-        lines.push(l);
-    }
-    let start = lines.len().saturating_sub(3);
-    if lines.is_empty() {
-        "no message".into()
-    } else {
-        lines[start..].join(" / ")
-    }
-}
-
-/// `E1124 09:29:53.188284   15543 memcache.go:265] message` -> `message`.
-fn strip_klog(line: &str) -> &str {
-    let b = line.as_bytes();
-    let klog = b.len() > 5
-        && matches!(b[0], b'I' | b'W' | b'E' | b'F')
-        && b[1..5].iter().all(u8::is_ascii_digit);
-    if klog {
-        if let Some(i) = line.find("] ") {
-            return &line[i + 2..];
-        }
-    }
-    line
 }
 
 #[cfg(test)]
@@ -639,13 +429,5 @@ mod tests {
         let d = Drift::compute(&cfg(false), &n);
         assert!(d.is_empty());
         assert_eq!(d.notes.len(), 1);
-    }
-
-    #[test]
-    fn klog_prefix_is_stripped() {
-        assert_eq!(
-            cause("E1124 09:29:53.188284   15543 memcache.go:265] couldn't get\nThe connection was refused\n"),
-            "couldn't get / The connection was refused"
-        );
     }
 }

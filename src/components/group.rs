@@ -15,7 +15,7 @@
 use crate::config::Config;
 use crate::plan::{Change, ComponentPlan};
 use anyhow::{bail, Context, Result};
-use nix::unistd::{Gid, Group, User};
+use nix::unistd::User;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -28,46 +28,9 @@ struct Seen {
     missing_users: Vec<String>,
 }
 
-/// The configured group as the system knows it: `None` when neither the name nor the gid
-/// exists yet. A name with another gid, or the gid under another name, is an error naming both.
-/// The permissions component calls this too, so it never grants the tree to a gid that belongs
-/// to some other group.
-pub fn resolve(cfg: &Config) -> Result<Option<Group>> {
-    let d = &cfg.deployers;
-    let by_name = Group::from_name(&d.group)
-        .with_context(|| format!("looking up group {:?} in the group database", d.group))?;
-    let by_gid = Group::from_gid(Gid::from_raw(d.gid))
-        .with_context(|| format!("looking up gid {} in the group database", d.gid))?;
-    if let Some(g) = &by_name {
-        if g.gid.as_raw() != d.gid {
-            bail!(
-                "group {:?} exists with gid {}, but deployers.gid is {}; it is never renumbered \
-                 (files and ACLs store the number). Set deployers.gid to {} or renumber the \
-                 group by hand (groupmod -g) and fix the files that carry the old gid",
-                d.group,
-                g.gid,
-                d.gid,
-                g.gid
-            );
-        }
-    } else if let Some(other) = &by_gid {
-        bail!(
-            "gid {} is held by group {:?}, not by deployers.group {:?}; nothing was changed. \
-             Choose a free deployers.gid, or rename that group by hand if it is the same one \
-             (groupmod -n {} {})",
-            d.gid,
-            other.name,
-            d.group,
-            d.group,
-            other.name
-        );
-    }
-    Ok(by_name)
-}
-
 fn look(cfg: &Config) -> Result<Seen> {
     let d = &cfg.deployers;
-    let by_name = resolve(cfg)?;
+    let by_name = crate::accounts::deployer_group(cfg)?;
     let exists = by_name.is_some();
     let members = by_name.map(|g| g.mem).unwrap_or_default();
     let mut to_add = Vec::new();

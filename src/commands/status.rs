@@ -1,10 +1,32 @@
-//! `status`: a short human overview, from the configuration and the state file only.
+//! `status`: a short human overview for engineers, from the configuration and the state file.
+//!
+//! It reads the state file and nothing else (no tree walk, no kubectl, no image), so it is
+//! instant and safe to run at any time; it must never write. `--json` prints the fact, which is
+//! the same data for machines.
 
 use crate::config::Config;
+use crate::exit_codes::ExitCode;
 use crate::state::State;
+use anyhow::Result;
 use std::fmt::Write as _;
+use std::path::Path;
 
-pub fn render(cfg: &Config, state: Option<&State>) -> String {
+/// Prints the overview, or with `json` the fact (read with `config_path` as the fact reads it).
+pub fn status(cfg: &Config, config_path: Option<&Path>, json: bool) -> Result<ExitCode> {
+    let state = State::read(&cfg.state_file())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&crate::facts::fact(config_path))?
+        );
+    } else {
+        print!("{}", render(cfg, state.as_ref()));
+    }
+    Ok(ExitCode::Ok)
+}
+
+/// The overview as text.
+fn render(cfg: &Config, state: Option<&State>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,

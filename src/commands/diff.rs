@@ -1,0 +1,34 @@
+//! `diff` and `reset`: engineers' edits against the image the tree was last synced from, and
+//! restoring paths from it.
+//!
+//! `diff` is read-only: it must never write anything and exits 1 when something differs.
+//! `reset` writes only under the run lock, and only through the sync engine, which backs every
+//! replaced file up first. Both are thin: the work is in [`crate::sync`].
+
+use super::output::print_plan_list;
+use crate::config::Config;
+use crate::exit_codes::ExitCode;
+use crate::plan::{Component, SAMPLE};
+use crate::state::Lock;
+use anyhow::Result;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `diff`: prints the differences; exit 0 none, 1 some.
+pub fn diff(cfg: &Config, paths: &[PathBuf], patch: bool, json: bool) -> Result<ExitCode> {
+    let (out, differs) = crate::sync::diff(cfg, paths, patch, json)?;
+    print!("{out}");
+    Ok(if differs {
+        ExitCode::Pending
+    } else {
+        ExitCode::Ok
+    })
+}
+
+/// `reset`: restores `paths` from the image (each backed up first) and reports what it wrote.
+pub fn reset(cfg: &Config, paths: &[PathBuf], json: bool, lock_wait: Duration) -> Result<ExitCode> {
+    let _lock = Lock::acquire(&cfg.state_dir, "reset", lock_wait)?;
+    let done = crate::sync::reset(cfg, paths)?.bounded(SAMPLE);
+    print_plan_list(&[(Component::Code, Ok(done))], json, "reset");
+    Ok(ExitCode::Ok)
+}
