@@ -46,6 +46,25 @@ pub struct Run {
     pub components: Vec<Component>,
 }
 
+impl Run {
+    /// A run that started at `started` and ends now, failed when `error` is given.
+    pub fn ended(
+        started: std::time::Instant,
+        error: Option<String>,
+        components: Vec<Component>,
+    ) -> Run {
+        let (at, unix) = now();
+        Run {
+            at,
+            unix,
+            duration_seconds: started.elapsed().as_secs_f64(),
+            result: if error.is_none() { "ok" } else { "error" }.into(),
+            error,
+            components,
+        }
+    }
+}
+
 /// One component as last checked or applied.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ComponentState {

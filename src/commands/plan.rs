@@ -59,15 +59,11 @@ pub fn apply(
         }
         results.push((c, r));
     }
-    let (at, unix) = state::now();
-    state.last_apply = Some(Run {
-        at,
-        unix,
-        duration_seconds: started.elapsed().as_secs_f64(),
-        result: if errors.is_empty() { "ok" } else { "error" }.into(),
-        error: (!errors.is_empty()).then(|| errors.join("; ")),
-        components: components.to_vec(),
-    });
+    state.last_apply = Some(Run::ended(
+        started,
+        (!errors.is_empty()).then(|| errors.join("; ")),
+        components.to_vec(),
+    ));
     finish(cfg, &mut state)?;
     print_plan_list(&results, json, "apply");
     Ok(if errors.is_empty() {

@@ -9,7 +9,7 @@ use super::plan::{finish, record};
 use crate::config::Config;
 use crate::exit_codes::ExitCode;
 use crate::plan::{Component, SAMPLE};
-use crate::state::{self, Lock, Run, State};
+use crate::state::{Lock, Run, State};
 use anyhow::Result;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -45,15 +45,11 @@ pub fn run_sync(
     }
     let mut state = State::read_or_default(&cfg.state_file());
     record(&mut state, Component::Code, &r);
-    let (at, unix) = state::now();
-    state.last_sync = Some(Run {
-        at,
-        unix,
-        duration_seconds: started.elapsed().as_secs_f64(),
-        result: if r.is_ok() { "ok" } else { "error" }.into(),
-        error: r.as_ref().err().map(|e| format!("{e:#}")),
-        components: vec![Component::Code],
-    });
+    state.last_sync = Some(Run::ended(
+        started,
+        r.as_ref().err().map(|e| format!("{e:#}")),
+        vec![Component::Code],
+    ));
     finish(cfg, &mut state)?;
     let failed = r.is_err();
     if let Err(e) = &r {
