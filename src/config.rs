@@ -23,6 +23,7 @@ pub struct Config {
     pub deployers: Deployers,
     pub kubernetes: Kubernetes,
     pub image: Image,
+    pub service: Service,
     pub state_dir: PathBuf,
     pub metrics_file: PathBuf,
 }
@@ -82,6 +83,77 @@ pub struct Image {
     pub path: PathBuf,
     /// The OCI layout or directory, for those sources.
     pub location: Option<PathBuf>,
+    /// WMF's release values file (scap writes it on the deployment server, e.g.
+    /// `/etc/helmfile-defaults/mediawiki/release/mw-experimental-pinkllama-eqiad.yaml`): when
+    /// set, `sync` takes exactly the image it names instead of the newest.
+    pub release_file: Option<PathBuf>,
+    /// Which key of the release file names the image (dotted), e.g. `main_app.image`; the
+    /// registry comes from `docker.registry` in the same file.
+    pub release_key: String,
+    /// Pull the release file's image through containerd when the node does not have it.
+    pub pull: bool,
+    /// The longest one pull may take, 1..=3600.
+    pub pull_timeout_seconds: u64,
+}
+
+/// The Kubernetes objects `render` writes (the service side of the switch).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Service {
+    /// The namespace of every namespaced object (WMF: `mw-experimental`).
+    pub namespace: String,
+    /// The NodePort the X-Wikimedia-Debug entries name (WMF's mesh public port: 4456).
+    pub node_port: u16,
+    /// The php-fpm (MediaWiki) container's resources (WMF's mw-experimental values).
+    pub resources: Resources,
+    /// The web server container's resources (the mediawiki chart's `php.httpd` defaults).
+    pub webserver_resources: Resources,
+    /// The web server image (registry/name:tag); `None`: the release file's `mw.httpd.image_tag`.
+    pub webserver_image: Option<String>,
+    /// The X-Wikimedia-Debug backend names start with this, then the data centre and the node.
+    pub routing_prefix: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub requests: Quantities,
+    pub limits: Quantities,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quantities {
+    pub cpu: String,
+    pub memory: String,
+}
+
+impl Resources {
+    fn of(rc: &str, rm: &str, lc: &str, lm: &str) -> Resources {
+        Resources {
+            requests: Quantities {
+                cpu: rc.into(),
+                memory: rm.into(),
+            },
+            limits: Quantities {
+                cpu: lc.into(),
+                memory: lm.into(),
+            },
+        }
+    }
+}
+
+impl Default for Service {
+    fn default() -> Self {
+        Service {
+            namespace: "mw-experimental".into(),
+            node_port: 4456,
+            resources: Resources::of("1000m", "3500Mi", "2000m", "4000Mi"),
+            webserver_resources: Resources::of("200m", "600Mi", "1", "800Mi"),
+            webserver_image: None,
+            routing_prefix: "k8s-mw-experimental".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -93,6 +165,7 @@ impl Default for Config {
             deployers: Deployers::default(),
             kubernetes: Kubernetes::default(),
             image: Image::default(),
+            service: Service::default(),
             state_dir: "/var/lib/mw-experimental".into(),
             metrics_file: "/var/lib/prometheus/node.d/mw_experimental.prom".into(),
         }
@@ -145,6 +218,10 @@ impl Default for Image {
             repository: "docker-registry.discovery.wmnet/restricted/mediawiki-multiversion".into(),
             path: "/srv/mediawiki".into(),
             location: None,
+            release_file: None,
+            release_key: "main_app.image".into(),
+            pull: true,
+            pull_timeout_seconds: 600,
         }
     }
 }
@@ -237,6 +314,9 @@ impl Config {
         }
         if let Some(l) = &self.image.location {
             path("image.location", l);
+        }
+        if let Some(r) = &self.image.release_file {
+            path("image.release_file", r);
         }
         if self.code.path == Path::new("/") {
             p.push("code.path: \"/\" cannot be the code tree".into());
@@ -350,6 +430,7 @@ impl Config {
                 self.image.repository
             ));
         }
+        self.image_and_service_problems(&mut p);
         if self.image.source != ImageSource::Containerd && self.image.location.is_none() {
             let source = if self.image.source == ImageSource::OciLayout {
                 "oci-layout"
@@ -362,6 +443,113 @@ impl Config {
         }
         p
     }
+}
+
+impl Config {
+    /// The release file's and the service's keys.
+    fn image_and_service_problems(&self, p: &mut Vec<String>) {
+        let key = &self.image.release_key;
+        if key.is_empty()
+            || key.split('.').any(|k| {
+                k.is_empty()
+                    || !k
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            })
+        {
+            p.push(format!(
+                "image.release_key: {key:?} is not a dotted key of the release file, e.g. \"main_app.image\""
+            ));
+        }
+        if !(1..=3600).contains(&self.image.pull_timeout_seconds) {
+            p.push(format!(
+                "image.pull_timeout_seconds: {} is outside 1..=3600",
+                self.image.pull_timeout_seconds
+            ));
+        }
+        let s = &self.service;
+        if s.namespace.len() > 63
+            || check_dns_subdomain(&s.namespace).is_err()
+            || s.namespace.contains('.')
+        {
+            p.push(format!(
+                "service.namespace: {:?} is not a Kubernetes namespace name (at most 63 lower-case letters, digits and '-')",
+                s.namespace
+            ));
+        }
+        if s.node_port == 0 {
+            p.push("service.node_port: 0 is not a port; WMF's mw-experimental uses 4456".into());
+        }
+        for (name, r) in [
+            ("service.resources", &s.resources),
+            ("service.webserver_resources", &s.webserver_resources),
+        ] {
+            for (which, q) in [("requests", &r.requests), ("limits", &r.limits)] {
+                if !is_quantity(&q.cpu) {
+                    p.push(format!(
+                        "{name}.{which}.cpu: {:?} is not a Kubernetes quantity, e.g. \"1000m\" or \"2\"",
+                        q.cpu
+                    ));
+                }
+                if !is_quantity(&q.memory) {
+                    p.push(format!(
+                        "{name}.{which}.memory: {:?} is not a Kubernetes quantity, e.g. \"3500Mi\"",
+                        q.memory
+                    ));
+                }
+            }
+        }
+        if let Some(img) = &s.webserver_image {
+            if let Err(why) = check_image_reference(img) {
+                p.push(format!("service.webserver_image: {img:?} {why}"));
+            }
+        }
+        if s.routing_prefix.is_empty()
+            || !s
+                .routing_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            p.push(format!(
+                "service.routing_prefix: {:?} may hold only letters, digits, '-' and '.' (what X-Wikimedia-Debug's backend= takes)",
+                s.routing_prefix
+            ));
+        }
+    }
+}
+
+/// A Kubernetes resource quantity as written in manifests: a decimal number with an optional
+/// suffix (`m`, `k`, `M`, `G`, `T`, `Ki`, `Mi`, `Gi`, `Ti`).
+fn is_quantity(q: &str) -> bool {
+    let num_end = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(num_end);
+    !num.is_empty()
+        && num.parse::<f64>().is_ok()
+        && ["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"].contains(&suffix)
+}
+
+/// `registry/name:tag` with a tag other than `latest`: what a pod may run.
+pub fn check_image_reference(r: &str) -> std::result::Result<(), &'static str> {
+    let last = r.rsplit('/').next().unwrap_or(r);
+    let Some((name, tag)) = last.split_once(':') else {
+        return Err("has no tag; name the exact image (registry/name:tag)");
+    };
+    if name.is_empty()
+        || tag.is_empty()
+        || r.contains(char::is_whitespace)
+        || r.contains('@')
+        || !tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err("is not an image reference (registry/name:tag)");
+    }
+    if tag == "latest" {
+        return Err("is tagged latest, which says nothing of what runs; name the exact tag");
+    }
+    Ok(())
 }
 
 /// Absolute and normalised: no `.`, `..`, empty or trailing components, valid UTF-8.

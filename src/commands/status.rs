@@ -95,6 +95,16 @@ fn render(cfg: &Config, state: Option<&State>) -> String {
         if !counts.is_empty() {
             let _ = writeln!(out, "             {}", counts.join(", "));
         }
+        let o = &s.plan.observed;
+        if let (Some(image), Some(tag)) = (o["image"].as_str(), o["tag"].as_str()) {
+            let _ = match o["release_file"].as_str() {
+                Some(f) => writeln!(out, "             follows {f}: tag {tag} ({image})"),
+                None => writeln!(
+                    out,
+                    "             follows the newest image: tag {tag} ({image})"
+                ),
+            };
+        }
         for note in s.plan.notes.iter().take(10) {
             let _ = writeln!(out, "             note: {note}");
         }

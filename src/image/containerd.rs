@@ -119,3 +119,72 @@ impl Drop for ChildReader {
         let _ = self.child.wait();
     }
 }
+
+/// Pulls `reference` into containerd (`ctr images pull`, which also unpacks it as kubelet
+/// would), from the registry the reference names. The pull runs in its own process group and
+/// is killed with it at `timeout`, so a registry that hangs costs a known time. Nothing of the
+/// code tree is touched here; a failed or killed pull leaves only what containerd itself keeps.
+pub(super) fn pull(
+    address: &Path,
+    namespace: &str,
+    reference: &str,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    use std::time::Instant;
+    let mut cmd = ctr(address, namespace);
+    cmd.args(["images", "pull", "--", reference])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    log::info!("pulling {reference} into containerd (namespace {namespace})");
+    let mut child = cmd
+        .spawn()
+        .context("running `ctr images pull` (install the containerd package)")?;
+    let mut stderr = child.stderr.take().context("ctr stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = (&mut stderr).take(1 << 20).read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().context("waiting for ctr images pull")? {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            if let Some(pgid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let said = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+    // ctr's last line says why ("ctr: failed to resolve reference ...").
+    let said = said
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    match status {
+        None => {
+            bail!(
+            "pulling {reference}: no answer within {}s (image.pull_timeout_seconds), the pull was \
+             killed{}; check that the registry is reachable, or pull it by hand",
+            timeout.as_secs(),
+            if said.is_empty() { String::new() } else { format!(" (ctr said: {said})") }
+        )
+        }
+        Some(st) if !st.success() => bail!(
+            "pulling {reference}: ctr images pull failed ({st}): {said}; check that the registry \
+             is reachable and has that tag"
+        ),
+        Some(_) => Ok(()),
+    }
+}

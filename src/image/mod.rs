@@ -23,7 +23,7 @@
 //! source. Nothing here writes to the code tree, mounts or unpacks anything, or runs a shell.
 
 use crate::config::{Config, ImageSource};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
@@ -33,6 +33,10 @@ mod containerd;
 mod directory;
 mod layers;
 mod oci;
+pub mod release;
+pub mod tag;
+
+pub use tag::parse_publish_tag;
 
 /// What an image entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +136,100 @@ pub fn newest(cfg: &Config) -> Result<Image> {
     }
 }
 
+/// The image the node's code follows, as far as the node has it.
+pub enum Wanted {
+    /// Here, opened; with the release file that named it, if one did.
+    Present(Image, Option<release::Release>),
+    /// The release file names an image the node does not have (and it was not pulled).
+    Missing(release::Release),
+}
+
+/// The image the code follows: the one `image.release_file` names (pulled through containerd
+/// first when it is missing and `pull` is true), else the newest. A pull happens before
+/// anything else, so a failed one leaves the tree as it was.
+pub fn wanted(cfg: &Config, pull: bool) -> Result<Wanted> {
+    let Some(rel) = release::configured(cfg)? else {
+        return Ok(Wanted::Present(newest(cfg)?, None));
+    };
+    let repo = &cfg.image.repository;
+    if rel
+        .reference
+        .strip_prefix(repo.as_str())
+        .and_then(|r| r.strip_prefix(':'))
+        .is_none()
+    {
+        bail!(
+            "the release values file {} names {}, which is not an image of image.repository \
+             ({repo}); set image.repository to its repository, or check image.release_key",
+            rel.file.display(),
+            rel.reference
+        );
+    }
+    if cfg.image.source == ImageSource::Directory {
+        bail!(
+            "image.release_file names an image, but image.source is directory, which has no \
+             images to choose from; use the containerd (or oci-layout) source"
+        );
+    }
+    let store = oci::store(cfg);
+    let find = |store: &oci::Store| -> Result<Option<Candidate>> {
+        Ok(oci::list(store, cfg)?
+            .into_iter()
+            .find(|c| c.reference == rel.reference))
+    };
+    let found = match find(&store)? {
+        Some(c) => Some(c),
+        None if pull && cfg.image.pull => match &store {
+            oci::Store::Containerd { address, namespace } => {
+                containerd::pull(
+                    address,
+                    namespace,
+                    &rel.reference,
+                    std::time::Duration::from_secs(cfg.image.pull_timeout_seconds),
+                )?;
+                Some(find(&store)?.with_context(|| {
+                    format!(
+                        "{} was pulled but containerd does not list it under that name",
+                        rel.reference
+                    )
+                })?)
+            }
+            oci::Store::OciLayout(_) => None,
+        },
+        None => None,
+    };
+    match found {
+        Some(c) => {
+            let img = oci::open_layered(cfg, store, c.reference, &c.digest)?;
+            Ok(Wanted::Present(img, Some(rel)))
+        }
+        None => Ok(Wanted::Missing(rel)),
+    }
+}
+
+/// Like [`wanted`], but an image that is missing is an error that says what to do.
+pub fn wanted_present(cfg: &Config, pull: bool) -> Result<(Image, Option<release::Release>)> {
+    match wanted(cfg, pull)? {
+        Wanted::Present(img, rel) => Ok((img, rel)),
+        Wanted::Missing(rel) => {
+            let how = if cfg.image.source != ImageSource::Containerd {
+                "pulling works only with image.source containerd; put it in the image store"
+            } else if !cfg.image.pull {
+                "image.pull is false, so it is not pulled; pull it (ctr -n k8s.io images pull) or set image.pull: true"
+            } else {
+                "a sync pulls it"
+            };
+            bail!(
+                "the release values file {} names {}, which is not on this node ({}); {how}; \
+                 the tree was left as it is",
+                rel.file.display(),
+                rel.reference,
+                oci::store(cfg).describe()
+            )
+        }
+    }
+}
+
 /// The image with this digest, if it is still there.
 pub fn by_digest(cfg: &Config, digest: &str) -> Result<Option<Image>> {
     match cfg.image.source {
@@ -150,49 +248,10 @@ pub fn by_digest(cfg: &Config, digest: &str) -> Result<Option<Image>> {
     }
 }
 
-/// The newest candidate: tags `YYYY-MM-DD-HHMMSS-publish-N` by their date-time (UTC), then N;
-/// other tags by the image's creation time. Ties: the larger reference.
+/// The newest candidate (see [`tag`] for the order: the publish tag's date-time, else the
+/// image's creation time).
 pub fn pick_newest(cands: &[Candidate]) -> Option<&Candidate> {
-    cands.iter().max_by(|a, b| order_key(a).cmp(&order_key(b)))
-}
-
-fn order_key(c: &Candidate) -> (i64, u64, String) {
-    match parse_publish_tag(&c.tag) {
-        Some((t, n)) => (t, n, c.reference.clone()),
-        None => (c.created.unwrap_or(i64::MIN), 0, c.reference.clone()),
-    }
-}
-
-/// `2026-11-20-101010-publish-3` -> (Unix time of 2026-11-20T10:10:10Z, 3).
-pub fn parse_publish_tag(tag: &str) -> Option<(i64, u64)> {
-    let (dt, n) = tag.split_once("-publish-")?;
-    let n: u64 = n
-        .parse()
-        .ok()
-        .filter(|_| n.bytes().all(|b| b.is_ascii_digit()))?;
-    let b = dt.as_bytes();
-    if b.len() != 17 || b[4] != b'-' || b[7] != b'-' || b[10] != b'-' {
-        return None;
-    }
-    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
-        let s = &dt[r];
-        s.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| s.parse().ok())
-            .flatten()
-    };
-    let rfc = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        digits(0..4)?,
-        digits(5..7)?,
-        digits(8..10)?,
-        digits(11..13)?,
-        digits(13..15)?,
-        digits(15..17)?
-    );
-    let t = humantime::parse_rfc3339(&rfc).ok()?;
-    let secs = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
-    Some((secs, n))
+    cands.iter().max_by(|a, b| tag::newer(a, b))
 }
 
 /// Permission bits as we will write them: setuid/setgid dropped from files.
@@ -265,41 +324,4 @@ impl Image {
 /// For messages: the path of a tree entry in the image.
 pub fn image_path(cfg: &Config, rel: &str) -> PathBuf {
     Path::new(&cfg.image.path).join(rel)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cand(tag: &str, created: Option<i64>) -> Candidate {
-        Candidate {
-            reference: format!("r:{tag}"),
-            tag: tag.into(),
-            digest: String::new(),
-            created,
-        }
-    }
-
-    #[test]
-    fn publish_tags_order_by_time_then_number() {
-        let c = vec![
-            cand("2026-11-20-101010-publish-9", None),
-            cand("2026-11-20-101010-publish-10", None),
-            cand("2026-11-19-235959-publish-99", None),
-        ];
-        assert_eq!(pick_newest(&c).unwrap().tag, "2026-11-20-101010-publish-10");
-    }
-
-    #[test]
-    fn other_tags_order_by_creation_time() {
-        let t = parse_publish_tag("2026-11-20-101010-publish-1").unwrap().0;
-        let c = vec![
-            cand("2026-11-20-101010-publish-1", None),
-            cand("latest", Some(t + 60)),
-            cand("old", Some(t - 60)),
-        ];
-        assert_eq!(pick_newest(&c).unwrap().tag, "latest");
-        assert!(parse_publish_tag("2026-13-20-101010-publish-1").is_none());
-        assert!(parse_publish_tag("2026-11-20-101010-publish-x").is_none());
-    }
 }

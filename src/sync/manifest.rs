@@ -24,6 +24,9 @@ pub(super) struct LastSync {
     pub(super) unix: u64,
     pub(super) files: u64,
     pub(super) local_edits: u64,
+    /// The release values file that named the image (`image.release_file`), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) release_file: Option<String>,
 }
 
 impl LastSync {
@@ -49,6 +52,8 @@ impl LastSync {
     pub(super) fn observed(&self) -> serde_json::Value {
         json!({
             "image": self.reference,
+            "tag": self.reference.rsplit('/').next().and_then(|l| l.split_once(':')).map(|(_, t)| t),
+            "release_file": self.release_file,
             "digest": self.digest,
             "synced_at": self.synced_at,
             "files": self.files,

@@ -74,7 +74,24 @@ pub fn check(cfg: &Config) -> Result<ComponentPlan> {
         return Ok(plan);
     }
     let last = LastSync::read(cfg)?;
-    let img = image::newest(cfg)?;
+    let img = match image::wanted(cfg, false)? {
+        image::Wanted::Present(img, _) => img,
+        image::Wanted::Missing(rel) => {
+            plan.changes.push(Change::new(
+                "pull",
+                &rel.reference,
+                format!(
+                    "named by {}, not on this node yet: sync pulls it, then syncs it",
+                    rel.file.display()
+                ),
+            ));
+            plan.counts.insert("image".into(), 1);
+            if let Some(l) = &last {
+                plan.observed = l.observed();
+            }
+            return Ok(plan);
+        }
+    };
     match &last {
         Some(l) if l.digest == img.digest => {
             plan.observed = l.observed();
@@ -120,8 +137,12 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
         recover(cfg)?;
     }
     let last = LastSync::read(cfg)?;
-    let mut img = image::newest(cfg)?;
-    log::info!("newest image: {} ({})", img.reference, img.digest);
+    let (mut img, release) = image::wanted_present(cfg, !opts.dry_run)?;
+    let release_file = release.map(|r| r.file.display().to_string());
+    match &release_file {
+        Some(f) => log::info!("image named by {f}: {} ({})", img.reference, img.digest),
+        None => log::info!("newest image: {} ({})", img.reference, img.digest),
+    }
     log::debug!(
         "found the newest image in {:.3}s",
         started.elapsed().as_secs_f64()
@@ -133,8 +154,20 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
                 l.reference,
                 l.synced_at
             );
+            if l.release_file != release_file && !opts.dry_run {
+                // The same image, now (or no longer) named by a release file: say so.
+                let l = LastSync {
+                    release_file: release_file.clone(),
+                    ..l.clone()
+                };
+                l.write(cfg)?;
+            }
             let mut plan = ComponentPlan {
-                observed: l.observed(),
+                observed: LastSync {
+                    release_file: release_file.clone(),
+                    ..l.clone()
+                }
+                .observed(),
                 ..Default::default()
             };
             plan.metrics = metrics(0, 0, started, l.files);
@@ -200,6 +233,7 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
             unix,
             files: out.files,
             local_edits: out.kept,
+            release_file,
         };
         l.write(cfg)?;
         plan.metrics
