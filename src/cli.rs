@@ -80,9 +80,17 @@ pub enum Command {
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         lock_wait: u64,
     },
-    /// Print the Kubernetes DaemonSet, Service, php-fpm settings and X-Wikimedia-Debug routing entries.
+    /// Print the Kubernetes objects (namespace, php settings, DaemonSet, Service) for the image
+    /// the node's code follows.
     Render {
-        /// Nodes to route to, as NAME or NAME=HOST (default: this node).
+        /// Print instead the values overlay for WMF's mediawiki chart release of mw-experimental.
+        #[arg(long)]
+        helmfile_values: bool,
+    },
+    /// Print the X-Wikimedia-Debug routing entries (ATS Lua table lines) for the nodes that
+    /// carry every managed label, as the cluster lists them.
+    Routing {
+        /// A hand-made list instead of the cluster's: NAME or NAME=HOST, repeatable.
         #[arg(long = "node", value_name = "NAME[=HOST]")]
         nodes: Vec<String>,
     },

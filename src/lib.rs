@@ -25,6 +25,7 @@ pub mod kube;
 pub mod metrics;
 pub mod policy;
 pub mod render;
+pub mod routing;
 pub mod sync;
 
 // Components: the four of DESIGN.md, each a check and an apply over the capabilities.

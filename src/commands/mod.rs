@@ -12,6 +12,7 @@ pub mod generate;
 pub mod output;
 pub mod plan;
 pub mod render;
+pub mod routing;
 pub mod status;
 pub mod sync;
 
@@ -54,6 +55,7 @@ pub fn main() -> std::process::ExitCode {
         | Command::Plan { .. }
         | Command::Diff { .. }
         | Command::Render { .. }
+        | Command::Routing { .. }
         | Command::Config => log::LevelFilter::Warn,
         _ => log::LevelFilter::Info,
     };
@@ -104,7 +106,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Reset { paths, lock_wait } => {
             diff::reset(&cfg, &paths, cli.json, Duration::from_secs(lock_wait))
         }
-        Command::Render { nodes } => render::render(&cfg, &nodes),
+        Command::Render { helmfile_values } => render::render(&cfg, helmfile_values),
+        Command::Routing { nodes } => routing::routing(&cfg, &nodes, cli.json),
     }
 }
 
