@@ -612,7 +612,12 @@ fn handle(req: &Request, shared: &Shared, fault: Fault) -> (u16, Value) {
         ("GET", ["api", "v1"]) => (200, core_resources()),
         ("GET", ["apis", "apps", "v1"]) => (200, apps_resources()),
         ("GET", ["api", "v1", "nodes"]) => {
-            let items: Vec<Value> = lock(&shared.nodes).values().cloned().collect();
+            let selector = query_param(&req.query, "labelSelector").unwrap_or_default();
+            let items: Vec<Value> = lock(&shared.nodes)
+                .values()
+                .filter(|n| selects(&selector, &n["metadata"]["labels"]))
+                .cloned()
+                .collect();
             (
                 200,
                 json!({"kind": "NodeList", "apiVersion": "v1",
@@ -635,6 +640,56 @@ fn handle(req: &Request, shared: &Shared, fault: Fault) -> (u16, Value) {
             Value::Null,
         ),
     }
+}
+
+/// A query parameter, percent-decoded (`+` is a space, as Go's `url.ParseQuery` has it).
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| {
+            let b = v.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < b.len() {
+                match b[i] {
+                    b'%' if i + 2 < b.len() => {
+                        let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                        out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                        i += 3;
+                    }
+                    b'+' => {
+                        out.push(b' ');
+                        i += 1;
+                    }
+                    c => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    })
+}
+
+/// Kubernetes' equality-based label selector (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma = and);
+/// an empty selector selects everything.
+fn selects(selector: &str, labels: &Value) -> bool {
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .all(|req| {
+            if let Some((k, v)) = req.split_once("!=") {
+                labels[k.trim()].as_str() != Some(v.trim())
+            } else if let Some((k, v)) = req.split_once("==").or_else(|| req.split_once('=')) {
+                labels[k.trim()].as_str() == Some(v.trim())
+            } else if let Some(k) = req.strip_prefix('!') {
+                labels[k.trim()].is_null()
+            } else {
+                !labels[req].is_null()
+            }
+        })
 }
 
 fn not_found(resource: &str, name: &str) -> (u16, Value) {
