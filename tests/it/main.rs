@@ -12,5 +12,6 @@ mod node;
 mod packaging;
 mod permissions;
 mod puppet;
+mod release;
 mod render;
 mod sync;

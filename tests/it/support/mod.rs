@@ -154,4 +154,6 @@ pub fn have(program: &str) -> bool {
 pub mod containerd;
 pub mod kube;
 pub mod kube_api;
+pub mod oci;
 pub mod perm;
+pub mod web;
