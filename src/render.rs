@@ -56,9 +56,7 @@ opcache.revalidate_freq=0\n";
 pub fn render(cfg: &Config, images: &Images) -> Result<String> {
     let k = &cfg.kubernetes;
     let s = &cfg.service;
-    if k.labels.is_empty() {
-        bail!("rendering the workload: kubernetes.labels is empty, so the DaemonSet would run on every node of the cluster; configure the labels the node component sets");
-    }
+    check_labels(cfg)?;
     for (what, img) in [
         ("the MediaWiki image", &images.app),
         ("the web server image", &images.webserver),
@@ -223,6 +221,14 @@ pub fn render(cfg: &Config, images: &Images) -> Result<String> {
         );
     }
     Ok(out)
+}
+
+/// The DaemonSet must be confined to the managed labels.
+pub fn check_labels(cfg: &Config) -> Result<()> {
+    if cfg.kubernetes.labels.is_empty() {
+        bail!("rendering the workload: kubernetes.labels is empty, so the DaemonSet would run on every node of the cluster; configure the labels the node component sets");
+    }
+    Ok(())
 }
 
 fn resources(r: &Resources) -> Value {

@@ -16,6 +16,7 @@ pub fn render(cfg: &Config, helmfile_values: bool) -> Result<ExitCode> {
     if helmfile_values {
         print!("{}", crate::render::helmfile_values(cfg)?);
     } else {
+        crate::render::check_labels(cfg)?;
         print!("{}", crate::render::render(cfg, &images(cfg)?)?);
     }
     Ok(ExitCode::Ok)

@@ -92,25 +92,101 @@ fn item<'a>(list: &'a Value, kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name} in {list}"))
 }
 
+/// A release values file as scap writes it, in `dir`, and the config keys that follow it.
+fn image_config(dir: &std::path::Path) -> String {
+    let rel = dir.join("mw-experimental-pinkllama-eqiad.yaml");
+    std::fs::write(
+        &rel,
+        format!("docker:\n  registry: docker-registry.discovery.wmnet\nmain_app:\n  image: restricted/mediawiki-multiversion:{TAG}\nmw:\n  httpd:\n    image_tag: restricted/mediawiki-webserver:2024-08-08-140102-webserver\n"),
+    )
+    .unwrap();
+    format!("image:\n  release_file: {}\n", rel.display())
+}
+
+const TAG: &str = "2024-08-08-135932-publish";
+
+/// What the issue asks of every rendered workload, as a reviewer would check it: no container
+/// may run as root, every image names a tag that is not `latest`, every container has requests
+/// and limits, every managed taint is tolerated. Returns what is wrong.
+fn production_problems(list: &Value, taints: &[Value]) -> Vec<String> {
+    let mut p = Vec::new();
+    let mut workloads = 0;
+    for obj in list["items"].as_array().unwrap() {
+        let Some(pod) = obj["spec"]["template"]["spec"].as_object() else {
+            continue;
+        };
+        workloads += 1;
+        let pod = Value::Object(pod.clone());
+        let pod_sc = &pod["securityContext"];
+        for c in pod["containers"].as_array().unwrap() {
+            let n = c["name"].as_str().unwrap_or("?");
+            let sc = &c["securityContext"];
+            let uid = sc["runAsUser"].as_i64().or(pod_sc["runAsUser"].as_i64());
+            let non_root = sc["runAsNonRoot"]
+                .as_bool()
+                .or(pod_sc["runAsNonRoot"].as_bool());
+            if uid.is_none_or(|u| u == 0) || non_root != Some(true) {
+                p.push(format!("{n} may run as root"));
+            }
+            if sc["allowPrivilegeEscalation"] != json!(false) {
+                p.push(format!("{n} may escalate privileges"));
+            }
+            let image = c["image"].as_str().unwrap_or("");
+            let tag = image
+                .rsplit('/')
+                .next()
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, t)| t);
+            if tag.is_none_or(|t| t.is_empty() || t == "latest") {
+                p.push(format!("{n} runs {image:?}: untagged or latest"));
+            }
+            for k in ["requests", "limits"] {
+                for r in ["cpu", "memory"] {
+                    if c["resources"][k][r].as_str().is_none_or(str::is_empty) {
+                        p.push(format!("{n} has no {k}.{r}"));
+                    }
+                }
+            }
+            if c["ports"].as_array().is_some_and(|a| !a.is_empty())
+                && (c["readinessProbe"].is_null() || c["livenessProbe"].is_null())
+            {
+                p.push(format!("{n} serves without readiness and liveness probes"));
+            }
+        }
+        let tolerations = pod["tolerations"].as_array().cloned().unwrap_or_default();
+        for t in taints {
+            if !tolerations.iter().any(|tol| tolerates(tol, t)) {
+                p.push(format!("no toleration for {t}"));
+            }
+        }
+    }
+    if workloads == 0 {
+        p.push("no workload".into());
+    }
+    p
+}
+
 #[test]
-fn rendered_manifests_pass_kubectl_apply_dry_run() {
+fn rendered_manifests_pass_kubectl_apply_dry_run_and_are_production_shaped() {
     let name = node_name();
     let api = ApiServer::start(vec![node(&name, &[], &[])]);
-    let w = kube_world(&api, &name, true, EXTRA);
-    let (out, _) = run(
-        &w,
+    let images = tempfile::tempdir().unwrap();
+    let w = kube_world(
         &api,
-        &["render", "--node", &name, "--node", "exp2=10.64.0.2"],
+        &name,
+        true,
+        &format!("{EXTRA}{}", image_config(images.path())),
     );
+    let (out, _) = run(&w, &api, &["render"]);
     out.code(0);
     let yaml = out.stdout;
     let applied = kubectl_apply_dry_run(&api, &yaml, &[]);
     applied.code(0);
     for obj in [
+        "namespace/mw-experimental created (dry run)",
         "configmap/mw-experimental-php created (dry run)",
         "daemonset.apps/mw-experimental created (dry run)",
         "service/mw-experimental created (dry run)",
-        "configmap/mw-experimental-xwd-routing created (dry run)",
     ] {
         assert!(
             applied.stdout.contains(obj),
@@ -122,11 +198,87 @@ fn rendered_manifests_pass_kubectl_apply_dry_run() {
     assert!(api
         .log()
         .iter()
-        .any(|r| r.path == "/apis/apps/v1/namespaces/default/daemonsets/mw-experimental"));
+        .any(|r| r.path == "/apis/apps/v1/namespaces/mw-experimental/daemonsets/mw-experimental"));
     assert!(
         api.log().iter().all(|r| r.method == "GET"),
         "a dry run wrote"
     );
+
+    let list = kubectl_apply_dry_run(&api, &yaml, &["-o", "json"]).json();
+    let taints: Vec<Value> = [
+        ("dedicated", "mw-experimental", "NoSchedule"),
+        ("dedicated", "mw-experimental", "NoExecute"),
+        ("example.org/debug-only", "yes", "PreferNoSchedule"),
+        ("example.org/no-value", "", "NoSchedule"),
+    ]
+    .iter()
+    .map(|(k, v, e)| json!({"key": k, "value": v, "effect": e}))
+    .collect();
+    assert_eq!(production_problems(&list, &taints), Vec::<String>::new());
+    // Everything is the service's own: its namespace and its servergroup.
+    for obj in list["items"].as_array().unwrap() {
+        assert_eq!(
+            obj["metadata"]["labels"]["servergroup"], "kube-mw-experimental",
+            "{obj}"
+        );
+        if obj["kind"] != "Namespace" {
+            assert_eq!(obj["metadata"]["namespace"], "mw-experimental", "{obj}");
+        }
+    }
+    let ds = item(&list, "DaemonSet", "mw-experimental");
+    let containers = ds["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        containers[0]["image"],
+        format!("docker-registry.discovery.wmnet/restricted/mediawiki-multiversion:{TAG}")
+    );
+    // WMF's mw-experimental values: requests 1000m/3500Mi, limits 2000m/4000Mi.
+    assert_eq!(
+        containers[0]["resources"],
+        json!({"requests": {"cpu": "1000m", "memory": "3500Mi"},
+               "limits": {"cpu": "2000m", "memory": "4000Mi"}})
+    );
+    for c in containers {
+        assert_eq!(c["securityContext"]["runAsUser"], 33);
+        assert_eq!(c["securityContext"]["runAsGroup"], 33);
+    }
+
+    // The check itself fails on what it must catch.
+    let mutate = |f: &dyn Fn(&mut Value)| {
+        let mut l = list.clone();
+        for obj in l["items"].as_array_mut().unwrap() {
+            if obj["kind"] == "DaemonSet" {
+                f(&mut obj["spec"]["template"]["spec"]);
+            }
+        }
+        production_problems(&l, &taints)
+    };
+    assert!(!mutate(&|p| p["containers"][1]["securityContext"]["runAsUser"] = json!(0)).is_empty());
+    assert!(!mutate(&|p| {
+        p["containers"][0]["securityContext"]
+            .as_object_mut()
+            .unwrap()
+            .remove("runAsUser");
+        p["securityContext"]
+            .as_object_mut()
+            .unwrap()
+            .remove("runAsUser");
+    })
+    .is_empty());
+    assert!(!mutate(&|p| p["containers"][0]["image"] = json!("r.example/mw:latest")).is_empty());
+    assert!(!mutate(&|p| p["containers"][1]["image"] = json!("r.example:5000/mw")).is_empty());
+    assert!(!mutate(&|p| {
+        p["containers"][1]
+            .as_object_mut()
+            .unwrap()
+            .remove("resources");
+    })
+    .is_empty());
+    assert!(!mutate(&|p| {
+        p["tolerations"].as_array_mut().unwrap().pop();
+    })
+    .is_empty());
 }
 
 #[test]
@@ -137,12 +289,18 @@ fn pods_tolerate_every_configured_taint_and_select_exactly_the_labelled_nodes() 
         &[("team", "sre")],
         &[("foreign", "x", "NoSchedule")],
     )]);
-    let w = kube_world(&api, &name, true, EXTRA);
+    let images = tempfile::tempdir().unwrap();
+    let w = kube_world(
+        &api,
+        &name,
+        true,
+        &format!("{EXTRA}{}", image_config(images.path())),
+    );
     // The Node as the node component leaves it.
     run(&w, &api, &["apply", "node"]).0.code(0);
     let labelled = api.node(&name);
 
-    let (out, _) = run(&w, &api, &["render", "--node", &name]);
+    let (out, _) = run(&w, &api, &["render"]);
     out.code(0);
     let parsed = kubectl_apply_dry_run(&api, &out.stdout, &["-o", "json"]);
     parsed.code(0);
@@ -225,13 +383,7 @@ fn pods_tolerate_every_configured_taint_and_select_exactly_the_labelled_nodes() 
         svc["spec"]["selector"]["app"],
         ds["spec"]["selector"]["matchLabels"]["app"]
     );
-    let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
-
-    let routing = item(&list, "ConfigMap", "mw-experimental-xwd-routing");
-    assert_eq!(
-        routing["data"],
-        json!({ name.clone(): format!("{name}:{node_port}") })
-    );
+    assert_eq!(svc["spec"]["ports"][0]["nodePort"], 4456);
 }
 
 #[test]
@@ -243,20 +395,38 @@ fn render_without_labels_is_refused() {
 }
 
 #[test]
-fn render_routes_to_this_node_by_default() {
-    let w = World::new("node_name: wikikube-worker-exp1001.eqiad.wmnet\n");
-    let out = w.run(&["render"]);
-    out.code(0);
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&out.stdout).expect("YAML documents");
-    let routing = docs
-        .iter()
-        .find(|d| d["metadata"]["name"] == "mw-experimental-xwd-routing")
-        .expect("routing ConfigMap");
-    assert_eq!(
-        routing["data"],
-        json!({"wikikube-worker-exp1001.eqiad.wmnet": "wikikube-worker-exp1001.eqiad.wmnet:30880"})
-    );
-    w.run(&["render", "--node", "a=b c"])
+fn render_without_a_known_image_says_what_to_do() {
+    let w = World::new("node_name: exp1\n");
+    w.run(&["render"])
         .code(2)
-        .stderr_has("NAME=HOST");
+        .stderr_has("never synced")
+        .stderr_has("image.release_file");
+    let w = World::new("node_name: exp1\nservice: { webserver_image: \"r.example/web:latest\" }\n");
+    w.run(&["render"])
+        .code(2)
+        .stderr_has("service.webserver_image");
+}
+
+#[test]
+fn helmfile_values_overlay_uses_the_charts_keys() {
+    let w = World::new(&format!("node_name: exp1\nkubernetes:\n{EXTRA}"));
+    let out = w.run(&["render", "--helmfile-values"]);
+    out.code(0);
+    let v: Value = serde_saphyr::from_str(&out.stdout).expect("YAML");
+    assert_eq!(v["mw"]["experimental"]["enabled"], true);
+    assert_eq!(v["php"]["devel_mode"], true);
+    assert_eq!(
+        v["affinity"]["nodeSelector"],
+        json!({"dedicated": "mw-experimental", "example.org/pool": "exp-debug"})
+    );
+    let tolerations = v["tolerations"].as_array().unwrap();
+    assert_eq!(tolerations.len(), 4);
+    assert!(tolerations
+        .contains(&json!({"key": "dedicated", "value": "mw-experimental", "effect": "NoExecute"})));
+    assert!(tolerations.contains(
+        &json!({"key": "example.org/no-value", "operator": "Exists", "effect": "NoSchedule"})
+    ));
+    assert_eq!(v["main_app"]["requests"]["cpu"], "1000m");
+    assert_eq!(v["main_app"]["limits"]["memory"], "4000Mi");
+    assert_eq!(v["mesh"]["public_port"], 4456);
 }
