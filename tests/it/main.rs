@@ -14,4 +14,5 @@ mod permissions;
 mod puppet;
 mod release;
 mod render;
+mod routing;
 mod sync;
