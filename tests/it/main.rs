@@ -14,5 +14,6 @@ mod permissions;
 mod puppet;
 mod release;
 mod render;
+mod request_path;
 mod routing;
 mod sync;
