@@ -139,7 +139,7 @@ pub fn newest(cfg: &Config) -> Result<Image> {
 /// The image the node's code follows, as far as the node has it.
 pub enum Wanted {
     /// Here, opened; with the release file that named it, if one did.
-    Present(Image, Option<release::Release>),
+    Present(Box<Image>, Option<release::Release>),
     /// The release file names an image the node does not have (and it was not pulled).
     Missing(release::Release),
 }
@@ -149,7 +149,7 @@ pub enum Wanted {
 /// anything else, so a failed one leaves the tree as it was.
 pub fn wanted(cfg: &Config, pull: bool) -> Result<Wanted> {
     let Some(rel) = release::configured(cfg)? else {
-        return Ok(Wanted::Present(newest(cfg)?, None));
+        return Ok(Wanted::Present(Box::new(newest(cfg)?), None));
     };
     let repo = &cfg.image.repository;
     if rel
@@ -201,7 +201,7 @@ pub fn wanted(cfg: &Config, pull: bool) -> Result<Wanted> {
     match found {
         Some(c) => {
             let img = oci::open_layered(cfg, store, c.reference, &c.digest)?;
-            Ok(Wanted::Present(img, Some(rel)))
+            Ok(Wanted::Present(Box::new(img), Some(rel)))
         }
         None => Ok(Wanted::Missing(rel)),
     }
@@ -210,7 +210,7 @@ pub fn wanted(cfg: &Config, pull: bool) -> Result<Wanted> {
 /// Like [`wanted`], but an image that is missing is an error that says what to do.
 pub fn wanted_present(cfg: &Config, pull: bool) -> Result<(Image, Option<release::Release>)> {
     match wanted(cfg, pull)? {
-        Wanted::Present(img, rel) => Ok((img, rel)),
+        Wanted::Present(img, rel) => Ok((*img, rel)),
         Wanted::Missing(rel) => {
             let how = if cfg.image.source != ImageSource::Containerd {
                 "pulling works only with image.source containerd; put it in the image store"

@@ -1,11 +1,13 @@
 //! Which image is newest, by its tag: WMF's build names each `mediawiki-multiversion` image
 //! `YYYY-MM-DD-HHMMSS-FLAVOUR`, where the flavour is `publish` (the production build) or
-//! `publish-SUFFIX` (another flavour of the same build, e.g. `publish-83`, the PHP 8.3 one;
-//! scap's `mw_flavour`). So the date-time (UTC) alone says how new an image is; a suffix never
-//! makes one newer. Between images of the same date-time (one build, several flavours) the plain
-//! `publish` is taken, else the smallest suffix (byte order), so the choice is stable. Tags in
-//! any other form are ordered by the image's creation time on the same time axis. This module
-//! is pure: it must never look at anything but the strings and times it is given.
+//! `publish-SUFFIX` (another flavour built at the same time: scap's `mw_flavour`, e.g.
+//! `publish-experimental`; deployment-charts pins `...-publish-83` for mediawiki-dumps-legacy).
+//! So the date-time (UTC) alone says how new an image is; a suffix never makes one newer.
+//! Between images of the same date-time (one build, several flavours) the plain `publish` is
+//! taken, else the largest numeric suffix (`-10` before `-9`, as this tool always ordered
+//! them), else the smallest other suffix (byte order), so the choice is stable. Tags in any
+//! other form are ordered by the image's creation time on the same time axis. This module is
+//! pure: it must never look at anything but the strings and times it is given.
 
 use super::Candidate;
 use std::cmp::Ordering;
@@ -70,17 +72,21 @@ pub fn newer(a: &Candidate, b: &Candidate) -> Ordering {
     time(a)
         .cmp(&time(b))
         .then_with(|| {
-            // Same time: plain `publish` first, then the smallest suffix, then anything else.
+            // Same time: plain `publish` first, then numeric suffixes (the larger number), then
+            // other suffixes (the smaller in byte order), then tags of another form.
             let rank = |c: &Candidate| match parse_publish_tag(&c.tag) {
-                Some(PublishTag { suffix: None, .. }) => (2, String::new()),
+                Some(PublishTag { suffix: None, .. }) => (3, 0, String::new()),
                 Some(PublishTag {
                     suffix: Some(s), ..
-                }) => (1, s.to_string()),
-                None => (0, String::new()),
+                }) => match s.parse::<u64>() {
+                    Ok(n) if s.bytes().all(|b| b.is_ascii_digit()) => (2, n, String::new()),
+                    _ => (1, 0, s.to_string()),
+                },
+                None => (0, 0, String::new()),
             };
-            let (ra, sa) = rank(a);
-            let (rb, sb) = rank(b);
-            ra.cmp(&rb).then_with(|| sb.cmp(&sa))
+            let (ra, na, sa) = rank(a);
+            let (rb, nb, sb) = rank(b);
+            ra.cmp(&rb).then(na.cmp(&nb)).then_with(|| sb.cmp(&sa))
         })
         .then_with(|| a.reference.cmp(&b.reference))
 }
@@ -98,7 +104,7 @@ mod tests {
         }
     }
 
-    fn newest<'a>(c: &'a [Candidate]) -> &'a str {
+    fn newest(c: &[Candidate]) -> &str {
         &c.iter().max_by(|a, b| newer(a, b)).unwrap().tag
     }
 
@@ -139,7 +145,8 @@ mod tests {
             cand("2024-08-08-235959-publish-81", None),
         ];
         assert_eq!(newest(&c), "2024-08-09-000000-publish");
-        // One build in several flavours: plain `publish`, else the smallest suffix.
+        // One build in several flavours: plain `publish`, else the largest numeric suffix,
+        // else the smallest other one.
         let c = vec![
             cand("2024-08-08-135932-publish-83", None),
             cand("2024-08-08-135932-publish", None),
@@ -151,6 +158,17 @@ mod tests {
             cand("2024-08-08-135932-publish-10", None),
         ];
         assert_eq!(newest(&c), "2024-08-08-135932-publish-10");
+        let c = vec![
+            cand("2024-08-08-135932-publish-experimental", None),
+            cand("2024-08-08-135932-publish-debug", None),
+            cand("2024-08-08-135932-publish-1", None),
+        ];
+        assert_eq!(newest(&c), "2024-08-08-135932-publish-1");
+        let c = vec![
+            cand("2024-08-08-135932-publish-experimental", None),
+            cand("2024-08-08-135932-publish-debug", None),
+        ];
+        assert_eq!(newest(&c), "2024-08-08-135932-publish-debug");
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub fn check(cfg: &Config) -> Result<ComponentPlan> {
     }
     let last = LastSync::read(cfg)?;
     let img = match image::wanted(cfg, false)? {
-        image::Wanted::Present(img, _) => img,
+        image::Wanted::Present(img, _) => *img,
         image::Wanted::Missing(rel) => {
             plan.changes.push(Change::new(
                 "pull",

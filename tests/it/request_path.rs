@@ -130,7 +130,7 @@ fn an_edit_is_served_by_the_next_request_and_survives_a_new_image_until_reset() 
          code: {{ path: {code}, owner: root, mode: \"2775\" }}\n\
          deployers: {{ group: {g}, gid: {gid}, members: [{m}] }}\n\
          kubernetes: {{ kubeconfig: {kc}, timeout_seconds: 5 }}\n\
-         image:\n  containerd_address: {sock}\n  repository: {repo}\n  release_file: {rel}\n\
+         image:\n  containerd_address: {sock}\n  repository: {repo}/{NAME}\n  release_file: {rel}\n\
          service: {{ node_port: {port} }}\n",
         code = w.code.display(),
         g = group.name,
@@ -138,7 +138,7 @@ fn an_edit_is_served_by_the_next_request_and_survives_a_new_image_until_reset() 
         m = member.name,
         kc = api.kubeconfig().display(),
         sock = ctrd.socket.display(),
-        repo = format!("{}/{NAME}", reg.host()),
+        repo = reg.host(),
         rel = rel.display(),
     ));
     // php-fpm, nginx (www-data) and the member must reach the tree through the world's dir.
