@@ -59,6 +59,13 @@
 #   The tree's path inside the image (`image.path`).
 # @param image_location
 #   The OCI layout or directory, for those sources (`image.location`).
+# @param image_release_file
+#   WMF's release values file that names the image to follow, e.g.
+#   `/etc/helmfile-defaults/mediawiki/release/mw-experimental-pinkllama-eqiad.yaml`
+#   (`image.release_file`); undef: the newest image.
+# @param image_pull
+#   Whether `sync` pulls the release file's image through containerd when the node lacks it
+#   (`image.pull`).
 # @param state_dir
 #   Where the binary keeps its state, lock and the image digests (`state_dir`).
 # @param metrics_file
@@ -103,6 +110,8 @@ class mw_experimental (
   String[1] $image_repository = 'docker-registry.discovery.wmnet/restricted/mediawiki-multiversion',
   Mw_experimental::Path $image_path = '/srv/mediawiki',
   Optional[Mw_experimental::Path] $image_location = undef,
+  Optional[Mw_experimental::Path] $image_release_file = undef,
+  Boolean $image_pull = true,
   Mw_experimental::Path $state_dir = '/var/lib/mw-experimental',
   Mw_experimental::Path $metrics_file = '/var/lib/prometheus/node.d/mw_experimental.prom',
   Boolean $manage_package = true,
@@ -154,6 +163,8 @@ class mw_experimental (
       'repository'         => $image_repository,
       'path'               => $image_path,
       'location'           => $image_location,
+      'release_file'       => $image_release_file,
+      'pull'               => $image_pull,
     }.filter |$key, $value| { $value =~ NotUndef },
     'state_dir'    => $state_dir,
     'metrics_file' => $metrics_file,

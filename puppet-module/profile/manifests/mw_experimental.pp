@@ -51,6 +51,10 @@
 #   See mw_experimental::image_path.
 # @param image_location
 #   See mw_experimental::image_location.
+# @param image_release_file
+#   See mw_experimental::image_release_file.
+# @param image_pull
+#   See mw_experimental::image_pull.
 # @param state_dir
 #   See mw_experimental::state_dir.
 # @param metrics_file
@@ -89,6 +93,8 @@ class profile::mw_experimental (
   String[1] $image_repository = lookup('profile::mw_experimental::image_repository'),
   Mw_experimental::Path $image_path = lookup('profile::mw_experimental::image_path'),
   Optional[Mw_experimental::Path] $image_location = lookup('profile::mw_experimental::image_location'),
+  Optional[Mw_experimental::Path] $image_release_file = lookup('profile::mw_experimental::image_release_file'),
+  Boolean $image_pull = lookup('profile::mw_experimental::image_pull'),
   Mw_experimental::Path $state_dir = lookup('profile::mw_experimental::state_dir'),
   Mw_experimental::Path $metrics_file = lookup('profile::mw_experimental::metrics_file'),
   Boolean $manage_package = lookup('profile::mw_experimental::manage_package'),
@@ -119,6 +125,8 @@ class profile::mw_experimental (
     image_repository         => $image_repository,
     image_path               => $image_path,
     image_location           => $image_location,
+    image_release_file       => $image_release_file,
+    image_pull               => $image_pull,
     state_dir                => $state_dir,
     metrics_file             => $metrics_file,
     manage_package           => $manage_package,

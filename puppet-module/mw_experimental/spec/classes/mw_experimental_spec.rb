@@ -36,6 +36,7 @@ describe 'mw_experimental' do
           'namespace' => 'k8s.io',
           'repository' => 'docker-registry.discovery.wmnet/restricted/mediawiki-multiversion',
           'path' => '/srv/mediawiki',
+          'pull' => true,
         },
         'state_dir' => '/var/lib/mw-experimental',
         'metrics_file' => '/var/lib/prometheus/node.d/mw_experimental.prom',
@@ -147,7 +148,8 @@ describe 'mw_experimental' do
     let(:params) do
       {
         binary: '/opt/mwx/bin/mw-experimental', config_dir: '/tmp/mwx/etc', facts_dir: '/tmp/mwx/facts.d',
-        image_source: 'oci-layout', image_location: '/tmp/mwx/layout', exec_timeout: 60
+        image_source: 'oci-layout', image_location: '/tmp/mwx/layout', exec_timeout: 60,
+        image_release_file: '/tmp/mwx/release/mw-experimental-pinkllama-eqiad.yaml', image_pull: false
       }
     end
 
@@ -159,7 +161,9 @@ describe 'mw_experimental' do
       )
       is_expected.to contain_file('/tmp/mwx/facts.d/mw_experimental').with_target('/opt/mwx/bin/mw-experimental')
       image = config_yaml(catalogue.resource('File', '/tmp/mwx/etc/config.yaml')[:content])['image']
-      expect(image).to include('source' => 'oci-layout', 'location' => '/tmp/mwx/layout')
+      expect(image).to include('source' => 'oci-layout', 'location' => '/tmp/mwx/layout',
+                               'release_file' => '/tmp/mwx/release/mw-experimental-pinkllama-eqiad.yaml',
+                               'pull' => false)
     end
   end
 

@@ -16,7 +16,7 @@ describe 'profile::mw_experimental' do
       ],
       image_source: 'containerd', image_containerd_address: '/run/containerd/containerd.sock',
       image_namespace: 'k8s.io', image_repository: 'docker-registry.discovery.wmnet/restricted/mediawiki-multiversion',
-      image_path: '/srv/mediawiki', state_dir: '/var/lib/mw-experimental',
+      image_path: '/srv/mediawiki', image_pull: true, state_dir: '/var/lib/mw-experimental',
       metrics_file: '/var/lib/prometheus/node.d/mw_experimental.prom', manage_package: true,
       package_ensure: 'present', start_timer: true, binary: '/usr/bin/mw-experimental',
       config_dir: '/etc/mw-experimental', facts_dir: '/etc/facter/facts.d', exec_timeout: 1800
@@ -29,6 +29,7 @@ describe 'profile::mw_experimental' do
     it 'passes common.yaml’s values, which are the component’s defaults' do
       is_expected.to contain_class('mw_experimental').with(component_defaults)
       is_expected.to contain_class('mw_experimental').without_node_name.without_kubeconfig.without_image_location
+                                                    .without_image_release_file
     end
 
     it { is_expected.to contain_service('mw-experimental-sync.timer').with(ensure: 'stopped', enable: false) }
