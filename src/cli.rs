@@ -72,6 +72,9 @@ pub enum Command {
         /// Show a unified diff for text files.
         #[arg(long)]
         patch: bool,
+        /// Per file, the count of changed lines against the image (like `git diff --stat`).
+        #[arg(long, conflicts_with = "patch")]
+        stat: bool,
     },
     /// Restore paths from the image (each backed up first).
     Reset {
@@ -96,6 +99,24 @@ pub enum Command {
     },
     /// Print the effective configuration.
     Config,
+    /// Pause the code refresh (sync, plan/apply code) until you release it or it expires.
+    /// Any member of the deployer group may hold, without root; several may hold at once.
+    Hold {
+        /// Why, shown to everyone (status, the login banner, the journal).
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+        /// How long it lasts: 30m, 8h, 2d (at most 7d).
+        #[arg(long = "for", value_name = "DURATION", default_value = "8h", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
+    /// Remove your hold; the refresh resumes when no hold is left.
+    Release {
+        /// Remove every hold and anything else in the hold spool (root only).
+        #[arg(long)]
+        all: bool,
+    },
+    /// The login banner for engineers (nothing while the switch is off), from the state file.
+    Motd,
     /// For packaging: the man pages and the shell completion scripts.
     #[command(hide = true)]
     Generate {

@@ -1,7 +1,8 @@
 //! The external fact `mw_experimental`.
 //!
-//! Facter runs this on every Puppet run, so it reads the configuration and the state file and
-//! nothing else: no tree walk, no network, no subprocess. Whatever goes wrong, it still prints a
+//! Facter runs this on every Puppet run, so it reads the configuration, the state file and the
+//! hold spool (a few small files, with [`crate::hold`]'s limits) and nothing else: no tree walk,
+//! no network, no subprocess. Whatever goes wrong, it still prints a
 //! valid JSON object (with `"state": "unknown"` and the reason) and exits 0.
 
 use crate::config::{self, Config};
@@ -26,6 +27,12 @@ pub fn fact(config_path: Option<&Path>) -> Value {
         }
     };
     f.insert("enabled".into(), json!(cfg.enabled));
+    // Holds: a few small files of the spool, read with the same limits as root's sync.
+    let spool = crate::hold::read(&cfg.state_dir);
+    f.insert("holds".into(), json!(spool.active));
+    if !spool.ignored.is_empty() {
+        f.insert("holds_ignored".into(), json!(spool.ignored));
+    }
     let state_file = cfg.state_file();
     let state = match State::read(&state_file) {
         Ok(Some(state)) => state,

@@ -13,6 +13,7 @@ pub mod exit_codes;
 pub mod fs;
 pub mod logging;
 pub mod plan;
+pub mod progress;
 pub mod state;
 
 // Capabilities: one thing the node can do (look up accounts, apply the permission policy to an
@@ -20,9 +21,11 @@ pub mod state;
 // metrics), with no policy of which component wants it.
 pub mod accounts;
 pub mod facts;
+pub mod hold;
 pub mod image;
 pub mod kube;
 pub mod metrics;
+pub mod motd;
 pub mod policy;
 pub mod render;
 pub mod routing;

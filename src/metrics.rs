@@ -1,13 +1,15 @@
 //! The Prometheus textfile (node-exporter's textfile collector): rewritten atomically after
-//! every `apply` and `sync` from the state, so it always says what the state says.
+//! every `apply` and `sync` from the state, so it always says what the state says (and, for
+//! `sync_held`, what the hold spool says: a held sync rewrites only this file).
 
 use crate::state::{write_atomic, Run, State};
 use anyhow::Result;
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// The textfile's content for `state`; `enabled` is the switch as configured now.
-pub fn render(state: &State, enabled: bool) -> String {
+/// The textfile's content for `state`; `enabled` is the switch as configured now, `held` the
+/// number of holds in force.
+pub fn render(state: &State, enabled: bool, held: usize) -> String {
     let mut out = String::new();
     let mut family = |name: &str, help: &str, samples: &[(String, f64)]| {
         let _ = writeln!(out, "# HELP mw_experimental_{name} {help}");
@@ -27,6 +29,11 @@ pub fn render(state: &State, enabled: bool) -> String {
         "converged",
         "Whether the node is converged, as the fact says: the last apply ran with the switch as it is now, succeeded, and left group, permissions and node converged.",
         &[(String::new(), b(converged))],
+    );
+    family(
+        "sync_held",
+        "Holds in force that pause the code refresh (mw-experimental hold); 0 when none.",
+        &[(String::new(), held as f64)],
     );
 
     let comp: Vec<_> = state
@@ -123,6 +130,6 @@ pub fn render(state: &State, enabled: bool) -> String {
 }
 
 /// Rewrites the metrics file atomically.
-pub fn write(path: &Path, state: &State, enabled: bool) -> Result<()> {
-    write_atomic(path, render(state, enabled).as_bytes(), 0o644)
+pub fn write(path: &Path, state: &State, enabled: bool, held: usize) -> Result<()> {
+    write_atomic(path, render(state, enabled, held).as_bytes(), 0o644)
 }

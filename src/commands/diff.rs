@@ -5,7 +5,7 @@
 //! `reset` writes only under the run lock, and only through the sync engine, which backs every
 //! replaced file up first. Both are thin: the work is in [`crate::sync`].
 
-use super::output::print_plan_list;
+use super::output::{print_plan_list, Style};
 use crate::config::Config;
 use crate::exit_codes::ExitCode;
 use crate::plan::{Component, SAMPLE};
@@ -15,8 +15,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// `diff`: prints the differences; exit 0 none, 1 some.
-pub fn diff(cfg: &Config, paths: &[PathBuf], patch: bool, json: bool) -> Result<ExitCode> {
-    let (out, differs) = crate::sync::diff(cfg, paths, patch, json)?;
+pub fn diff(
+    cfg: &Config,
+    paths: &[PathBuf],
+    patch: bool,
+    stat: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let (out, differs) = crate::sync::diff(cfg, paths, patch, stat, json)?;
     print!("{out}");
     Ok(if differs {
         ExitCode::Pending
@@ -26,9 +32,14 @@ pub fn diff(cfg: &Config, paths: &[PathBuf], patch: bool, json: bool) -> Result<
 }
 
 /// `reset`: restores `paths` from the image (each backed up first) and reports what it wrote.
-pub fn reset(cfg: &Config, paths: &[PathBuf], json: bool, lock_wait: Duration) -> Result<ExitCode> {
+pub fn reset(
+    cfg: &Config,
+    paths: &[PathBuf],
+    style: Style,
+    lock_wait: Duration,
+) -> Result<ExitCode> {
     let _lock = Lock::acquire(&cfg.state_dir, "reset", lock_wait)?;
     let done = crate::sync::reset(cfg, paths)?.bounded(SAMPLE);
-    print_plan_list(&[(Component::Code, Ok(done))], json, "reset");
+    print_plan_list(&[(Component::Code, Ok(done))], style, "reset");
     Ok(ExitCode::Ok)
 }

@@ -9,8 +9,11 @@ pub mod config;
 pub mod diff;
 pub mod facts;
 pub mod generate;
+pub mod hold;
+pub mod motd;
 pub mod output;
 pub mod plan;
+pub mod progress;
 pub mod render;
 pub mod routing;
 pub mod status;
@@ -56,7 +59,10 @@ pub fn main() -> std::process::ExitCode {
         | Command::Diff { .. }
         | Command::Render { .. }
         | Command::Routing { .. }
-        | Command::Config => log::LevelFilter::Warn,
+        | Command::Config
+        | Command::Hold { .. }
+        | Command::Release { .. }
+        | Command::Motd => log::LevelFilter::Warn,
         _ => log::LevelFilter::Info,
     };
     crate::logging::init(cli.verbose, cli.quiet, default_level);
@@ -80,17 +86,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::Ok);
     }
     let cfg = load_config(cli.config.as_deref())?;
+    let style = output::Style {
+        json: cli.json,
+        verbose: cli.verbose > 0,
+        quiet: cli.quiet,
+        started: std::time::Instant::now(),
+    };
     match cli.command {
         Command::Facts | Command::Generate { .. } => unreachable!(),
         Command::Config => config::config(&cfg, cli.json),
-        Command::Plan { components } => plan::plan(&cfg, &parse_components(&components)?, cli.json),
+        Command::Plan { components } => plan::plan(&cfg, &parse_components(&components)?, style),
         Command::Apply {
             components,
             lock_wait,
         } => plan::apply(
             &cfg,
             &parse_components(&components)?,
-            cli.json,
+            style,
             Duration::from_secs(lock_wait),
         ),
         Command::Sync {
@@ -98,16 +110,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
             lock_wait,
         } => {
-            let opts = crate::sync::SyncOptions { force, dry_run };
-            sync::run_sync(&cfg, &opts, cli.json, Duration::from_secs(lock_wait))
+            let opts = crate::sync::SyncOptions {
+                force,
+                dry_run,
+                ..Default::default()
+            };
+            sync::run_sync(&cfg, opts, style, Duration::from_secs(lock_wait))
         }
         Command::Status => status::status(&cfg, cli.config.as_deref(), cli.json),
-        Command::Diff { paths, patch } => diff::diff(&cfg, &paths, patch, cli.json),
+        Command::Diff { paths, patch, stat } => diff::diff(&cfg, &paths, patch, stat, cli.json),
         Command::Reset { paths, lock_wait } => {
-            diff::reset(&cfg, &paths, cli.json, Duration::from_secs(lock_wait))
+            diff::reset(&cfg, &paths, style, Duration::from_secs(lock_wait))
         }
         Command::Render { helmfile_values } => render::render(&cfg, helmfile_values),
         Command::Routing { nodes } => routing::routing(&cfg, &nodes, cli.json),
+        Command::Hold { reason, duration } => hold::hold(&cfg, &reason, duration, cli.json),
+        Command::Release { all } => hold::release(&cfg, all, cli.json),
+        Command::Motd => motd::motd(&cfg),
     }
 }
 

@@ -5,7 +5,7 @@
 //! does not stop the others), then writes the state file and metrics; [`record`] and [`finish`]
 //! are shared with `sync`, so both runs record the same way.
 
-use super::output::print_plan_list;
+use super::output::{print_plan_list, Style};
 use crate::components::{check, converge};
 use crate::config::Config;
 use crate::exit_codes::ExitCode;
@@ -16,10 +16,10 @@ use anyhow::Result;
 use std::time::{Duration, Instant};
 
 /// `plan`: 0 converged, 1 pending, 2 when any check failed. Read-only: writes nothing.
-pub fn plan(cfg: &Config, components: &[Component], json: bool) -> Result<ExitCode> {
+pub fn plan(cfg: &Config, components: &[Component], style: Style) -> Result<ExitCode> {
     let results: Vec<(Component, Result<ComponentPlan>)> =
         components.iter().map(|&c| (c, check(cfg, c))).collect();
-    print_plan_list(&results, json, "plan");
+    print_plan_list(&results, style, "plan");
     let mut code = ExitCode::Ok;
     for (c, r) in &results {
         match r {
@@ -39,7 +39,7 @@ pub fn plan(cfg: &Config, components: &[Component], json: bool) -> Result<ExitCo
 pub fn apply(
     cfg: &Config,
     components: &[Component],
-    json: bool,
+    style: Style,
     lock_wait: Duration,
 ) -> Result<ExitCode> {
     let _lock = Lock::acquire(&cfg.state_dir, "apply", lock_wait)?;
@@ -65,7 +65,7 @@ pub fn apply(
         components.to_vec(),
     ));
     finish(cfg, &mut state)?;
-    print_plan_list(&results, json, "apply");
+    print_plan_list(&results, style, "apply");
     Ok(if errors.is_empty() {
         ExitCode::Ok
     } else {
@@ -101,11 +101,17 @@ pub fn record(state: &mut State, c: Component, r: &Result<ComponentPlan>) {
 /// Writes the state file, then the metrics (a metrics failure is only a warning).
 pub fn finish(cfg: &Config, state: &mut State) -> Result<()> {
     state.write(&cfg.state_file())?;
-    if let Err(e) = metrics::write(&cfg.metrics_file, state, cfg.enabled) {
+    write_metrics(cfg, state);
+    Ok(())
+}
+
+/// Rewrites the metrics file from `state` and the holds in force now; a failure is a warning.
+pub fn write_metrics(cfg: &Config, state: &State) {
+    let held = crate::hold::read(&cfg.state_dir).active.len();
+    if let Err(e) = metrics::write(&cfg.metrics_file, state, cfg.enabled, held) {
         log::warn!(
             "writing the metrics file {}: {e:#}",
             cfg.metrics_file.display()
         );
     }
-    Ok(())
 }

@@ -10,7 +10,8 @@
 //! duplicate a parser. Changes go through `groupadd` and `gpasswd` (argv vectors, no shell),
 //! which lock `/etc/group` and `/etc/gshadow` the way every other tool on the system expects.
 //! Members not listed are left alone; users that do not exist are reported (notes, `observed`,
-//! and so the state and the fact), not fatal and not pending.
+//! and so the state and the fact), not fatal and not pending. The group's members also get
+//! their hold spool (`state_dir/holds`, root's and the group's, mode 3770; see [`crate::hold`]).
 
 use crate::config::Config;
 use crate::plan::{Change, ComponentPlan};
@@ -59,6 +60,7 @@ fn plan_of(cfg: &Config, seen: &Seen, changes: Vec<Change>) -> ComponentPlan {
         .filter(|c| c.action == "create-group")
         .count() as u64;
     let added = changes.iter().filter(|c| c.action == "add-member").count() as u64;
+    let spool = changes.iter().filter(|c| c.action == "hold-spool").count() as u64;
     let notes = seen
         .missing_users
         .iter()
@@ -70,7 +72,11 @@ fn plan_of(cfg: &Config, seen: &Seen, changes: Vec<Change>) -> ComponentPlan {
         .collect();
     ComponentPlan {
         changes,
-        counts: BTreeMap::from([("group".into(), created), ("member".into(), added)]),
+        counts: BTreeMap::from([
+            ("group".into(), created),
+            ("member".into(), added),
+            ("hold_spool".into(), spool),
+        ]),
         notes,
         observed: json!({
             "group": d.group,
@@ -123,8 +129,18 @@ pub fn check(cfg: &Config) -> Result<ComponentPlan> {
         return Ok(off(cfg));
     }
     let seen = look(cfg)?;
-    let changes = pending(cfg, &seen);
+    let mut changes = pending(cfg, &seen);
+    changes.extend(spool_pending(cfg)?);
     Ok(plan_of(cfg, &seen, changes))
+}
+
+/// The members' hold spool (`state_dir/holds`, root and the group, mode 3770): what differs.
+fn spool_pending(cfg: &Config) -> Result<Vec<Change>> {
+    let path = crate::hold::spool_dir(&cfg.state_dir);
+    Ok(crate::hold::check_spool(&cfg.state_dir, cfg.deployers.gid)?
+        .into_iter()
+        .map(|what| Change::new("hold-spool", path.display().to_string(), what))
+        .collect())
 }
 
 /// Converges; returns what it changed.
@@ -134,7 +150,7 @@ pub fn apply(cfg: &Config) -> Result<ComponentPlan> {
     }
     let d = &cfg.deployers;
     let seen = look(cfg)?;
-    let changes = pending(cfg, &seen);
+    let mut changes = pending(cfg, &seen);
     for c in &changes {
         match c.action.as_str() {
             "create-group" => run(Command::new("groupadd")
@@ -150,6 +166,18 @@ pub fn apply(cfg: &Config) -> Result<ComponentPlan> {
             .with_context(|| format!("adding user {:?} to group {:?}", c.target, d.group))?,
         }
     }
+    // The spool after the group: holds are for its members.
+    changes.extend(
+        crate::hold::ensure_spool(&cfg.state_dir, d.gid)?
+            .into_iter()
+            .map(|what| {
+                Change::new(
+                    "hold-spool",
+                    crate::hold::spool_dir(&cfg.state_dir).display().to_string(),
+                    what,
+                )
+            }),
+    );
     // Report what the system says now.
     let after = look(cfg)?;
     Ok(plan_of(cfg, &after, changes))

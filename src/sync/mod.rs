@@ -55,6 +55,8 @@ use recover::recover;
 pub struct SyncOptions {
     pub force: bool,
     pub dry_run: bool,
+    /// Where the engine counts entries scanned and written, for a progress display.
+    pub progress: crate::progress::Sink,
 }
 
 /// Changes listed one by one in a plan; the counts are always exact.
@@ -202,7 +204,7 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
         "read the manifest by {:.3}s",
         started.elapsed().as_secs_f64()
     );
-    let eng = Engine::new(
+    let mut eng = Engine::new(
         cfg,
         &img,
         tree,
@@ -216,6 +218,7 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
         },
         notes,
     )?;
+    eng.progress = opts.progress.clone();
     let out = eng.run()?;
     log::debug!("synced the tree by {:.3}s", started.elapsed().as_secs_f64());
     let mut plan = out.plan(started);

@@ -7,6 +7,7 @@ mod support;
 
 mod cli;
 mod group;
+mod hold;
 mod layout;
 mod node;
 mod packaging;

@@ -18,7 +18,6 @@ use anyhow::{Context, Result};
 use rustix::fs::Mode;
 use rustix::io::Errno;
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -62,7 +61,8 @@ pub(super) struct Engine<'a> {
     kept: u64,
     kill_after: Option<u64>,
     steps: u64,
-    progress: bool,
+    /// Counts for a progress display, when someone watches.
+    pub(super) progress: crate::progress::Sink,
     pid: u32,
 }
 
@@ -145,7 +145,7 @@ impl<'a> Engine<'a> {
             kept: 0,
             kill_after,
             steps: 0,
-            progress: std::io::stderr().is_terminal(),
+            progress: None,
             pid: std::process::id(),
         })
     }
@@ -177,12 +177,6 @@ impl<'a> Engine<'a> {
         if self.kill_after == Some(self.steps) {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
-        }
-        if self.progress && self.steps % 2000 == 0 {
-            eprint!(
-                "\rsync: {} steps, {} written",
-                self.steps, self.counts["written"]
-            );
         }
     }
 
@@ -246,6 +240,9 @@ impl<'a> Engine<'a> {
         let tree = std::mem::take(&mut self.tree);
         let mut blocked: Option<&str> = None;
         for (p, e) in &tree {
+            if let Some(pr) = &self.progress {
+                pr.scanned(1);
+            }
             if blocked.is_some_and(|b| under(p, b)) || !in_scope(&self.opts.scope, p) {
                 continue;
             }
@@ -294,9 +291,6 @@ impl<'a> Engine<'a> {
             for a in added {
                 self.remove_added(&mut dc, &a)?;
             }
-        }
-        if self.progress && self.steps >= 2000 {
-            eprintln!();
         }
         if self.policy_errors > 3 {
             log::warn!(

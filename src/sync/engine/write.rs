@@ -207,6 +207,13 @@ impl Engine<'_> {
             .map(|s| quick(&s))
             .unwrap_or_default();
         self.count("written");
+        if let Some(pr) = &self.progress {
+            pr.wrote(if e.kind == crate::image::Kind::File {
+                e.size
+            } else {
+                0
+            });
+        }
         self.change(action, p, detail);
         self.man.entries.insert(p.to_string(), MEntry { e, live });
         Ok(())

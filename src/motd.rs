@@ -1,0 +1,154 @@
+//! The login banner for engineers (`mw-experimental motd`, and the package's update-motd.d
+//! fragment that runs it at every ssh login).
+//!
+//! It says what this node is and what that means, which image the tree is at (tag and publish
+//! date), the last and next sync, the local edits, the holds, and the three commands engineers
+//! need. It is built from the configuration, the state file and the hold spool only: it must
+//! never walk the tree, run a subprocess or reach the network, so a login never waits on the API
+//! server or containerd. With the switch off it is empty.
+
+use crate::config::Config;
+use crate::hold::Spool;
+use crate::plan::Component;
+use crate::state::State;
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+/// The banner's text; empty when the switch is off.
+pub fn render(cfg: &Config, state: Option<&State>, spool: &Spool, now: SystemTime) -> String {
+    if !cfg.enabled {
+        return String::new();
+    }
+    let tree = cfg.code.path.display();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "This is an mw-experimental node: {tree} is served live to requests routed here with X-Wikimedia-Debug."
+    );
+    let _ = writeln!(
+        out,
+        "  Edits take effect at once. Every hour the tree follows production's newest image; edited files are kept."
+    );
+    let code = state.and_then(|s| s.components.get(&Component::Code));
+    let observed = code.map(|c| &c.plan.observed);
+    match observed.and_then(|o| o["image"].as_str()) {
+        Some(reference) => {
+            let synced = observed
+                .and_then(|o| o["synced_at"].as_str())
+                .unwrap_or("an unknown time");
+            let _ = writeln!(
+                out,
+                "  image:    {} (synced {synced})",
+                describe_image(reference)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  image:    not synced yet");
+        }
+    }
+    let last = state
+        .and_then(|s| s.last_sync.as_ref())
+        .map(|r| {
+            let mut s = format!("{} {}", r.at, r.result);
+            if let Some(e) = &r.error {
+                s.push_str(": ");
+                s.extend(e.chars().take(120));
+            }
+            s
+        })
+        .unwrap_or_else(|| "never".into());
+    let _ = writeln!(out, "  syncs:    last {last}; next {}", next_sync(now));
+    let edits = observed
+        .and_then(|o| o["local_edits"].as_u64())
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "  edits:    {edits} local edit{} kept (`mw-experimental diff` lists them)",
+        if edits == 1 { "" } else { "s" }
+    );
+    if spool.active.is_empty() {
+        let _ = writeln!(out, "  holds:    none: the next hourly sync will run");
+    } else {
+        let _ = writeln!(
+            out,
+            "  HELD:     the hourly sync is paused ({} hold{}):",
+            spool.active.len(),
+            if spool.active.len() == 1 { "" } else { "s" }
+        );
+        for h in &spool.active {
+            let _ = writeln!(out, "            {}", h.describe());
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  commands: mw-experimental diff [--patch] [PATH]   your edits against the image"
+    );
+    let _ = writeln!(
+        out,
+        "            mw-experimental reset PATH               restore from the image (backed up first)"
+    );
+    let _ = writeln!(
+        out,
+        "            mw-experimental hold --reason TEXT [--for 8h]; release   pause / resume the hourly sync"
+    );
+    out
+}
+
+/// "TAG (published DATE)" for a reference with a publish tag; the reference as it is otherwise.
+pub fn describe_image(reference: &str) -> String {
+    let tag = reference
+        .rsplit_once(':')
+        .filter(|(_, t)| !t.contains('/'))
+        .map(|(_, t)| t)
+        .unwrap_or(reference);
+    match crate::image::parse_publish_tag(tag) {
+        Some(t) if t.time >= 0 => format!(
+            "{tag} (published {})",
+            humantime::format_rfc3339_seconds(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(t.time as u64)
+            )
+        ),
+        _ => tag.to_string(),
+    }
+}
+
+/// When the packaged timer (`OnCalendar=hourly`, `RandomizedDelaySec=15min`) runs next, from
+/// the clock alone: between the next full hour and a quarter past.
+fn next_sync(now: SystemTime) -> String {
+    let unix = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let hour = (unix / 3600 + 1) * 3600;
+    let hm = |t: u64| {
+        let s = humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(t))
+            .to_string();
+        s[11..16].to_string()
+    };
+    format!(
+        "between {} and {} UTC (hourly timer)",
+        hm(hour),
+        hm(hour + 15 * 60)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_tags_get_their_publish_date() {
+        assert_eq!(
+            describe_image("docker-registry.discovery.wmnet/restricted/mediawiki-multiversion:2026-11-20-101010-publish-3"),
+            "2026-11-20-101010-publish-3 (published 2026-11-20T10:10:10Z)"
+        );
+        assert_eq!(describe_image("localhost:5000/mw"), "localhost:5000/mw");
+        assert_eq!(describe_image("/srv/images/x"), "/srv/images/x");
+    }
+
+    #[test]
+    fn next_sync_is_the_next_full_hour() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(3600 * 10 + 59);
+        assert_eq!(next_sync(t), "between 11:00 and 11:15 UTC (hourly timer)");
+    }
+}
