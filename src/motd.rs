@@ -94,13 +94,13 @@ pub fn render(cfg: &Config, state: Option<&State>, spool: &Spool, now: SystemTim
     out
 }
 
-/// "TAG (published DATE)" for a reference with a publish tag; the reference as it is otherwise.
+/// "TAG (published DATE)" for a reference with a publish tag (`repo:TAG`, or a directory image
+/// named after its tag); the tag, or the reference as it is, otherwise.
 pub fn describe_image(reference: &str) -> String {
-    let tag = reference
-        .rsplit_once(':')
-        .filter(|(_, t)| !t.contains('/'))
-        .map(|(_, t)| t)
-        .unwrap_or(reference);
+    let tag = match reference.rsplit_once(':') {
+        Some((_, t)) if !t.contains('/') => t,
+        _ => reference.rsplit('/').next().unwrap_or(reference),
+    };
     match crate::image::parse_publish_tag(tag) {
         Some(t) if t.time >= 0 => format!(
             "{tag} (published {})",
@@ -142,8 +142,11 @@ mod tests {
             describe_image("docker-registry.discovery.wmnet/restricted/mediawiki-multiversion:2026-11-20-101010-publish-3"),
             "2026-11-20-101010-publish-3 (published 2026-11-20T10:10:10Z)"
         );
-        assert_eq!(describe_image("localhost:5000/mw"), "localhost:5000/mw");
-        assert_eq!(describe_image("/srv/images/x"), "/srv/images/x");
+        assert_eq!(describe_image("localhost:5000/mw"), "mw");
+        assert_eq!(
+            describe_image("/srv/images/2026-11-20-101010-publish-3"),
+            "2026-11-20-101010-publish-3 (published 2026-11-20T10:10:10Z)"
+        );
     }
 
     #[test]

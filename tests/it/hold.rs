@@ -12,15 +12,15 @@ use std::process::Command;
 
 /// A node with a deployer group of `n` members, a directory image (one file) and a first sync
 /// done; the world is traversable by the members, as /var/lib and /etc are on a node.
-struct Node {
-    w: World,
-    g: GroupGuard,
-    members: Vec<UserGuard>,
-    img: PathBuf,
+pub struct Node {
+    pub w: World,
+    pub g: GroupGuard,
+    pub members: Vec<UserGuard>,
+    pub img: PathBuf,
 }
 
 impl Node {
-    fn new(n: usize, image_name: &str) -> Node {
+    pub fn new(n: usize, image_name: &str) -> Node {
         let w = World::new("");
         std::fs::set_permissions(w.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let g = GroupGuard::create();
@@ -43,7 +43,7 @@ impl Node {
     }
 
     /// Runs the binary as member `i` (no root, the groups from the group database).
-    fn as_member(&self, i: usize, args: &[&str]) -> Out {
+    pub fn as_member(&self, i: usize, args: &[&str]) -> Out {
         let mut argv = vec![bin().to_str().unwrap().to_string()];
         argv.push("--config".into());
         argv.push(self.w.config.to_str().unwrap().into());
@@ -52,7 +52,7 @@ impl Node {
         self.members[i].run(&argv)
     }
 
-    fn spool(&self) -> PathBuf {
+    pub fn spool(&self) -> PathBuf {
         self.w.state_dir.join("holds")
     }
 
@@ -71,7 +71,7 @@ impl Node {
             .to_string()
     }
 
-    fn new_image(&self, version: &str) {
+    pub fn new_image(&self, version: &str) {
         put(
             &self.img,
             "srv/mediawiki/index.php",
@@ -84,7 +84,7 @@ impl Node {
     }
 }
 
-fn put(root: &Path, rel: &str, content: &str) {
+pub fn put(root: &Path, rel: &str, content: &str) {
     let p = root.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, content).unwrap();
