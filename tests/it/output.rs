@@ -6,13 +6,13 @@ use crate::support::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A 5,000-entry MediaWiki-shaped image (bench/gen-tree), made once per test run.
-fn image(w: &World) -> PathBuf {
+/// A MediaWiki-shaped image of `entries` entries (bench/gen-tree) in `w`.
+fn image(w: &World, entries: u32) -> PathBuf {
     let img = w.path().join("image");
     sh(
         Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/gen-tree"))
             .arg(img.join("srv/mediawiki"))
-            .args(["--entries", "5000"]),
+            .args(["--entries", &entries.to_string()]),
     );
     img
 }
