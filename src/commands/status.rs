@@ -1,8 +1,10 @@
 //! `status`: a short human overview for engineers, from the configuration and the state file.
 //!
-//! It reads the state file and nothing else (no tree walk, no kubectl, no image), so it is
-//! instant and safe to run at any time; it must never write. `--json` prints the fact, which is
-//! the same data for machines.
+//! It reads the state file and the hold spool, and for the code two more things an engineer
+//! asks: whether a newer image than the tree's is on the node (the image source's listing) and
+//! when the timer runs next (`systemctl show`, only where systemd runs). It never walks the tree,
+//! never calls kubectl, and must never write. A summary line comes first. `--json` prints the
+//! fact, which is the same data for machines.
 
 use crate::config::Config;
 use crate::exit_codes::ExitCode;
@@ -20,9 +22,157 @@ pub fn status(cfg: &Config, config_path: Option<&Path>, json: bool) -> Result<Ex
             serde_json::to_string_pretty(&crate::facts::fact(config_path))?
         );
     } else {
-        print!("{}", render(cfg, state.as_ref()));
+        let spool = crate::hold::read(&cfg.state_dir);
+        let mut text = summary(cfg, state.as_ref(), &spool);
+        text.push_str(&render(cfg, state.as_ref()));
+        text.push_str(&code(cfg, state.as_ref(), &spool));
+        print!("{text}");
     }
     Ok(ExitCode::Ok)
+}
+
+/// What the last sync observed of the code tree (image, digest, synced_at, local_edits).
+fn observed(state: Option<&State>) -> Option<&serde_json::Value> {
+    state
+        .and_then(|s| s.components.get(&crate::plan::Component::Code))
+        .map(|c| &c.plan.observed)
+        .filter(|o| o["image"].is_string())
+}
+
+/// The first line: the switch, convergence, the code's image, edits and holds.
+fn summary(cfg: &Config, state: Option<&State>, spool: &crate::hold::Spool) -> String {
+    let mut parts = vec![format!("switch {}", if cfg.enabled { "on" } else { "off" })];
+    if let Some(s) = state {
+        parts.push(
+            if s.converged(cfg.enabled) {
+                "converged"
+            } else {
+                "not converged"
+            }
+            .into(),
+        );
+    }
+    match observed(state) {
+        Some(o) => {
+            parts.push(format!(
+                "code at {}",
+                crate::motd::describe_image(o["image"].as_str().unwrap_or_default())
+            ));
+            let edits = o["local_edits"].as_u64().unwrap_or(0);
+            parts.push(format!(
+                "{edits} local edit{}",
+                if edits == 1 { "" } else { "s" }
+            ));
+        }
+        None => parts.push("code never synced".into()),
+    }
+    parts.push(match spool.active.len() {
+        0 => "not held".into(),
+        n => format!("held ({n} hold{})", if n == 1 { "" } else { "s" }),
+    });
+    format!("status: {}\n", parts.join(", "))
+}
+
+/// The code section: image and sync time, a newer image, edits, holds, the next timer run.
+fn code(cfg: &Config, state: Option<&State>, spool: &crate::hold::Spool) -> String {
+    let mut out = String::new();
+    let o = observed(state);
+    if let Some(o) = o {
+        let _ = writeln!(
+            out,
+            "code image:  {}, synced {}",
+            crate::motd::describe_image(o["image"].as_str().unwrap_or_default()),
+            o["synced_at"].as_str().unwrap_or("at an unknown time")
+        );
+    }
+    if cfg.enabled {
+        match crate::image::newest(cfg) {
+            Ok(img) if o.is_some_and(|o| o["digest"].as_str() == Some(&img.digest)) => {}
+            Ok(img) => {
+                let _ = writeln!(
+                    out,
+                    "newer image: {} is on the node; {}",
+                    crate::motd::describe_image(&img.reference),
+                    if spool.is_held() {
+                        "the sync takes it once released"
+                    } else {
+                        "the next sync takes it"
+                    }
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "newer image: unknown, the image source did not answer: {e:#}"
+                );
+            }
+        }
+    }
+    if let Some(o) = o {
+        let edits = o["local_edits"].as_u64().unwrap_or(0);
+        let kept: Vec<&str> = state
+            .and_then(|s| s.components.get(&crate::plan::Component::Code))
+            .map(|c| {
+                c.plan
+                    .notes
+                    .iter()
+                    .filter_map(|n| n.strip_prefix("kept ")?.split(':').next())
+                    .take(5)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "edits:       {edits} kept by the last sync{}; `mw-experimental diff` lists every edit",
+            if kept.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({}{})",
+                    kept.join(", "),
+                    if edits as usize > kept.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    }
+                )
+            }
+        );
+    }
+    if spool.active.is_empty() {
+        let _ = writeln!(out, "holds:       none");
+    }
+    for h in &spool.active {
+        let _ = writeln!(out, "holds:       {}", h.describe());
+    }
+    for why in &spool.ignored {
+        let _ = writeln!(out, "holds:       {why}");
+    }
+    if let Some(next) = next_timer_run() {
+        let _ = writeln!(out, "next sync:   {next} (mw-experimental-sync.timer)");
+    }
+    out
+}
+
+/// When systemd runs the sync timer next, as `systemctl show` says; `None` without systemd or
+/// when the timer is not scheduled.
+fn next_timer_run() -> Option<String> {
+    if !std::path::Path::new("/run/systemd/system").is_dir() {
+        return None;
+    }
+    let out = std::process::Command::new("systemctl")
+        .args([
+            "show",
+            "--property=NextElapseUSecRealtime",
+            "--value",
+            "mw-experimental-sync.timer",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let next = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !next.is_empty() && next != "n/a").then_some(next)
 }
 
 /// The overview as text.

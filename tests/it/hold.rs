@@ -132,6 +132,22 @@ fn a_member_holds_without_root_and_sync_waits_for_the_last_release() {
         );
         assert_eq!(n.live_index(), "v1\n", "{args:?} wrote the tree");
     }
+    // status, as the member: the summary first, the hold, and the newer image waiting.
+    let st = n.as_member(0, &["status"]);
+    st.code(0);
+    let first = st.stdout.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with("status: switch on") && first.contains("held (1 hold)"),
+        "{}",
+        st.stdout
+    );
+    assert!(
+        st.stdout.contains(&format!("holds:       held by {}", alice.name))
+            && st.stdout.contains("newer image: ")
+            && st.stdout.contains("once released"),
+        "{}",
+        st.stdout
+    );
     let holds = n.fact()["holds"].clone();
     assert_eq!(holds[0]["user"], alice.name.as_str(), "{holds:#}");
     assert_eq!(holds[0]["reason"], "testing Special:Version");
