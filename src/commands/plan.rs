@@ -6,7 +6,7 @@
 //! are shared with `sync`, so both runs record the same way.
 
 use super::output::{print_plan_list, Style};
-use crate::components::{check, converge};
+use crate::components::{check, converge_with_progress};
 use crate::config::Config;
 use crate::exit_codes::ExitCode;
 use crate::metrics;
@@ -50,7 +50,12 @@ pub fn apply(
     let mut errors = Vec::new();
     for &c in components {
         let t = Instant::now();
-        let r = converge(cfg, c);
+        let (sink, display) = match c {
+            Component::Permissions => super::progress::start("apply permissions", style.quiet),
+            _ => (None, None),
+        };
+        let r = converge_with_progress(cfg, c, sink);
+        drop(display);
         log::debug!("{c}: {:.2}s", t.elapsed().as_secs_f64());
         record(&mut state, c, &r);
         if let Err(e) = &r {

@@ -47,9 +47,18 @@ pub fn check(cfg: &Config, c: Component) -> Result<ComponentPlan> {
 
 /// Converges `c`; returns what it changed, bounded to a sample.
 pub fn converge(cfg: &Config, c: Component) -> Result<ComponentPlan> {
+    converge_with_progress(cfg, c, None)
+}
+
+/// [`converge`], counting the long walks' progress (permissions) into `progress`.
+pub fn converge_with_progress(
+    cfg: &Config,
+    c: Component,
+    progress: crate::progress::Sink,
+) -> Result<ComponentPlan> {
     let done = match c {
         Component::Group => group::apply(cfg),
-        Component::Permissions => permissions::apply(cfg),
+        Component::Permissions => permissions::apply_with_progress(cfg, progress),
         Component::Node => node::apply(cfg),
         Component::Code => code::apply(cfg),
     };

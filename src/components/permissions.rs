@@ -29,15 +29,20 @@ use std::time::Instant;
 
 /// What apply would change.
 pub fn check(cfg: &Config) -> Result<ComponentPlan> {
-    run(cfg, false)
+    run(cfg, false, None)
 }
 
 /// Converges; returns what it changed.
 pub fn apply(cfg: &Config) -> Result<ComponentPlan> {
-    run(cfg, true)
+    run(cfg, true, None)
 }
 
-fn run(cfg: &Config, apply: bool) -> Result<ComponentPlan> {
+/// Converges, counting entries scanned and changed into `progress` as the walk goes.
+pub fn apply_with_progress(cfg: &Config, progress: crate::progress::Sink) -> Result<ComponentPlan> {
+    run(cfg, true, progress)
+}
+
+fn run(cfg: &Config, apply: bool, progress: crate::progress::Sink) -> Result<ComponentPlan> {
     if !cfg.enabled {
         return Ok(ComponentPlan {
             notes: vec![format!(
@@ -51,6 +56,7 @@ fn run(cfg: &Config, apply: bool) -> Result<ComponentPlan> {
     let policy = Policy::from_config(cfg)?;
     let opts = WalkOptions {
         apply,
+        progress,
         ..Default::default()
     };
     let out = walk_tree(&policy, &opts)?;
@@ -64,6 +70,8 @@ pub struct WalkOptions<'a> {
     /// Worker threads; 0: the machine's available parallelism.
     pub threads: usize,
     pub before_open: Option<&'a BeforeOpen<'a>>,
+    /// Counts entries scanned and changed, for a progress display.
+    pub progress: crate::progress::Sink,
 }
 
 /// Counters one worker keeps without locks; summed at the end.
@@ -206,6 +214,7 @@ struct Shared<'a> {
     notes: Mutex<Vec<String>>,
     n_notes: AtomicUsize,
     errors: Mutex<Vec<String>>,
+    progress: crate::progress::Sink,
 }
 
 impl Shared<'_> {
@@ -268,6 +277,9 @@ impl Checker<'_, '_> {
             s.n_changes.store(c.len(), Ordering::Relaxed);
         }
         if s.apply {
+            if let Some(p) = &s.progress {
+                p.wrote(0);
+            }
             if let Err(e) = write_fix(fd, &fix) {
                 let r = rel();
                 self.error(format!(
@@ -321,6 +333,9 @@ impl Checker<'_, '_> {
 impl Visitor for Checker<'_, '_> {
     fn dir(&mut self, d: &walk::Dir<'_>) -> Result<bool> {
         self.t.dirs += 1;
+        if let Some(p) = &self.s.progress {
+            p.scanned(1);
+        }
         let kind = if d.rel.is_empty() {
             Kind::Root
         } else {
@@ -331,6 +346,9 @@ impl Visitor for Checker<'_, '_> {
     }
 
     fn entry(&mut self, e: &Entry<'_>) -> Result<bool> {
+        if let (Some(p), false) = (&self.s.progress, e.file_type == FileType::Directory) {
+            p.scanned(1);
+        }
         match e.file_type {
             FileType::Directory => return Ok(true),
             FileType::Symlink => self.t.symlinks += 1,
@@ -434,6 +452,7 @@ pub fn walk_tree(policy: &Policy, opts: &WalkOptions) -> Result<Outcome> {
         notes: Mutex::new(Vec::new()),
         n_notes: AtomicUsize::new(0),
         errors: Mutex::new(Vec::new()),
+        progress: opts.progress.clone(),
     };
     let walk = Walk {
         threads: opts.threads,

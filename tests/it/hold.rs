@@ -142,7 +142,8 @@ fn a_member_holds_without_root_and_sync_waits_for_the_last_release() {
         st.stdout
     );
     assert!(
-        st.stdout.contains(&format!("holds:       held by {}", alice.name))
+        st.stdout
+            .contains(&format!("holds:       held by {}", alice.name))
             && st.stdout.contains("newer image: ")
             && st.stdout.contains("once released"),
         "{}",
