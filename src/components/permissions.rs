@@ -551,6 +551,7 @@ mod tests {
             apply: true,
             threads: 2,
             before_open: Some(&hook),
+            progress: None,
         };
         let out = walk_tree(&policy, &opts).unwrap();
         assert_eq!(out.changed_during_walk(), 1, "{out:?}");
