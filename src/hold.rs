@@ -11,7 +11,9 @@
 //! says, at most [`MAX_BYTES`]) and read to at most that limit; the holder is the file's owner,
 //! and a file whose content names someone else is ignored. Anything malformed, foreign or too
 //! large is reported and ignored, never fatal. This module must never follow a symlink in the
-//! spool, read more than [`MAX_BYTES`] of an entry, or write outside the spool.
+//! spool, read more than [`MAX_BYTES`] of an entry, or write outside the spool. The writer and
+//! the reader are one file on purpose (a little over 500 lines with the tests): they share the
+//! format and the limits, and keeping them side by side keeps them in agreement.
 
 use anyhow::{bail, Context, Result};
 use rustix::fs::{self as rfs, AtFlags, Dir, FileType, Mode, OFlags};
@@ -186,9 +188,10 @@ fn read_at(state_dir: &Path, now: u64) -> Spool {
         match read_one(fd.as_fd(), name, now) {
             Ok(h) if h.until_unix <= now => spool.expired.push(h),
             Ok(h) => spool.active.push(h),
+            // The name is a member's: quoted and escaped, never sent raw to a terminal.
             Err(why) => spool
                 .ignored
-                .push(format!("ignored {}: {why}", dir.join(name).display())),
+                .push(format!("ignored {}/{name:?}: {why}", dir.display())),
         }
     }
     spool.active.sort_by_key(|h| (h.since_unix, h.uid));
@@ -218,6 +221,7 @@ fn read_one(dir: BorrowedFd<'_>, name: &str, now: u64) -> std::result::Result<Ho
     let named_uid: u32 = name
         .strip_suffix(".json")
         .and_then(|u| u.parse().ok())
+        .filter(|uid: &u32| name == format!("{uid}.json"))
         .ok_or("not a hold file (holds are named <uid>.json)")?;
     let flags =
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
@@ -498,6 +502,35 @@ mod tests {
         assert!(check_reason("a\x1b[2Jb").is_err());
         assert!(check_reason("two\nlines").is_err());
         assert!(check_reason(&"x".repeat(MAX_REASON + 1)).is_err());
+    }
+
+    /// Runs as root (the tests do): hold files owned by uid 0.
+    #[test]
+    fn the_reader_takes_valid_and_expired_holds_and_ignores_odd_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_dir(dir.path());
+        std::fs::create_dir(&spool).unwrap();
+        let file = |name: &str, since: u64, until: u64| {
+            let f = HoldFile {
+                user: user_name(0),
+                reason: "r".into(),
+                since,
+                until,
+            };
+            std::fs::write(spool.join(name), serde_json::to_vec(&f).unwrap()).unwrap();
+        };
+        file("0.json", 1000, 5000);
+        file("+0.json", 1000, 5000);
+        file(".0.123.tmp", 1000, 5000);
+        let s = read_at(dir.path(), 2000);
+        assert_eq!(s.active.len(), 1, "{s:?}");
+        assert_eq!(s.active[0].uid, 0);
+        assert_eq!(s.ignored.len(), 1, "{s:?}");
+        assert!(s.ignored[0].contains("\"+0.json\": not a hold file"), "{s:?}");
+        let later = read_at(dir.path(), 6000);
+        assert_eq!((later.active.len(), later.expired.len()), (0, 1));
+        file("0.json", 1000, 1000 + MAX_FOR.as_secs() + 3600);
+        assert!(read_at(dir.path(), 2000).ignored[1].contains("7 days"));
     }
 
     #[test]

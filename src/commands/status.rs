@@ -103,7 +103,12 @@ fn code(cfg: &Config, state: Option<&State>, spool: &crate::hold::Spool) -> Stri
             Err(e) => {
                 let _ = writeln!(
                     out,
-                    "newer image: unknown, the image source did not answer: {e:#}"
+                    "newer image: unknown ({e:#}){}",
+                    if rustix::process::geteuid().is_root() {
+                        ""
+                    } else {
+                        "; root can read the image source"
+                    }
                 );
             }
         }
