@@ -526,7 +526,10 @@ mod tests {
         assert_eq!(s.active.len(), 1, "{s:?}");
         assert_eq!(s.active[0].uid, 0);
         assert_eq!(s.ignored.len(), 1, "{s:?}");
-        assert!(s.ignored[0].contains("\"+0.json\": not a hold file"), "{s:?}");
+        assert!(
+            s.ignored[0].contains("\"+0.json\": not a hold file"),
+            "{s:?}"
+        );
         let later = read_at(dir.path(), 6000);
         assert_eq!((later.active.len(), later.expired.len()), (0, 1));
         file("0.json", 1000, 1000 + MAX_FOR.as_secs() + 3600);

@@ -133,3 +133,48 @@ fn sync_on_a_terminal_shows_progress_on_stderr() {
         );
     }
 }
+
+#[test]
+fn diff_stat_counts_changed_lines_per_file() {
+    let w = World::new("");
+    let img = w.path().join("image");
+    let put = |rel: &str, text: &str| {
+        let p = img.join("srv/mediawiki").join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    put("index.php", "<?php\n// one\n// two\n");
+    put("gone.php", "a\nb\nc\nd\n");
+    put("same.php", "x\n");
+    w.write_config(&format!(
+        "enabled: true\nimage: {{ source: directory, location: {} }}\n",
+        img.display()
+    ));
+    w.run(&["sync"]).code(0);
+    std::fs::write(
+        w.code.join("index.php"),
+        "<?php\n// ONE\n// two\n// three\n",
+    )
+    .unwrap();
+    std::fs::remove_file(w.code.join("gone.php")).unwrap();
+    std::fs::write(w.code.join("new.php"), "1\n2\n").unwrap();
+
+    let out = w.run(&["diff", "--stat"]);
+    out.code(1);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "diff: 1 modified, 1 added, 1 deleted against the image last synced",
+            " gone.php  |     4 ----",
+            " index.php |     3 ++-",
+            " new.php   |     2 ++",
+            " 3 files changed, 4 insertions(+), 5 deletions(-)",
+        ],
+        "{}",
+        out.stdout
+    );
+    let j = w.run(&["--json", "diff", "--stat"]).json();
+    assert_eq!(j["stat"]["index.php"]["insertions"], 2, "{j}");
+    assert_eq!(j["stat"]["index.php"]["deletions"], 1, "{j}");
+}
