@@ -132,6 +132,10 @@ fn a_member_holds_without_root_and_sync_waits_for_the_last_release() {
         );
         assert_eq!(n.live_index(), "v1\n", "{args:?} wrote the tree");
     }
+    // Puppet's components are not held.
+    let a = n.w.run(&["apply", "group", "permissions"]);
+    a.code(0);
+    assert!(a.stdout.starts_with("apply: "), "{}", a.stdout);
     // status, as the member: the summary first, the hold, and the newer image waiting.
     let st = n.as_member(0, &["status"]);
     st.code(0);

@@ -154,6 +154,17 @@ fn puppet_converges_on_then_off_then_on_and_recovers_from_a_failing_api_server()
         "the package did not install {}",
         binary.display()
     );
+    // The login banner's fragment: executable, and a conffile (an administrator's edit stays).
+    let motd = Path::new("/etc/update-motd.d/50-mw-experimental");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(motd).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o755, "{}", motd.display());
+    let conffiles =
+        sh(Command::new("dpkg-query").args(["-W", "-f", "${Conffiles}", "mw-experimental"]));
+    assert!(
+        conffiles.contains("/etc/update-motd.d/50-mw-experimental"),
+        "{conffiles}"
+    );
 
     let t = tempfile::Builder::new()
         .prefix("mwx-puppet-")
