@@ -178,3 +178,39 @@ fn diff_stat_counts_changed_lines_per_file() {
     assert_eq!(j["stat"]["index.php"]["insertions"], 2, "{j}");
     assert_eq!(j["stat"]["index.php"]["deletions"], 1, "{j}");
 }
+
+#[test]
+fn apply_permissions_on_a_terminal_shows_progress() {
+    let g = crate::support::perm::GroupGuard::create();
+    let base = World::new("");
+    let img = image(&base, 1000);
+    let w = World::new("");
+    w.write_config(&format!(
+        "enabled: true\ncode: {{ path: {}, owner: root }}\ndeployers: {{ group: {}, gid: {} }}\nimage: {{ source: directory, location: {} }}\n",
+        w.code.display(),
+        g.name,
+        g.gid,
+        img.display()
+    ));
+    w.run(&["sync"]).code(0);
+    let line = format!(
+        "{} --config {} apply permissions",
+        bin().display(),
+        w.config.display()
+    );
+    let out = Out::of(
+        Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("INVOCATION_ID")
+            .env("TERM", "xterm")
+            .output()
+            .unwrap(),
+    );
+    out.code(0);
+    assert!(
+        out.stdout.contains("apply permissions: ") && out.stdout.contains("scanned"),
+        "no progress on the terminal:\n{}",
+        out.stdout
+    );
+}
