@@ -41,6 +41,11 @@ pub fn render(cfg: &Config, state: Option<&State>, spool: &Spool, now: SystemTim
                 "  image:    {} (synced {synced})",
                 describe_image(reference)
             );
+            let follows = match observed.and_then(|o| o["release_file"].as_str()) {
+                Some(f) => format!("the image production's release names ({f})"),
+                None => "the newest image on this node".to_string(),
+            };
+            let _ = writeln!(out, "  follows:  {follows}");
         }
         None => {
             let _ = writeln!(out, "  image:    not synced yet");
@@ -135,6 +140,7 @@ fn next_sync(now: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn image_tags_get_their_publish_date() {
@@ -146,6 +152,43 @@ mod tests {
         assert_eq!(
             describe_image("/srv/images/2026-11-20-101010-publish-3"),
             "2026-11-20-101010-publish-3 (published 2026-11-20T10:10:10Z)"
+        );
+    }
+
+    #[test]
+    fn the_banner_says_which_release_file_the_tree_follows() {
+        let cfg = Config::load(Path::new("/nonexistent"), false)
+            .map(|mut c| {
+                c.enabled = true;
+                c
+            })
+            .unwrap();
+        let mut state = State::default();
+        let mut code = crate::state::ComponentState::default();
+        code.plan.observed = serde_json::json!({
+            "image": "registry/restricted/mediawiki-multiversion:2026-11-20-101010-publish",
+            "release_file": "/etc/helmfile-defaults/mediawiki/release/mw-experimental-pinkllama-eqiad.yaml",
+        });
+        state.components.insert(Component::Code, code);
+        let text = render(&cfg, Some(&state), &Spool::default(), SystemTime::now());
+        assert!(
+            text.contains("2026-11-20-101010-publish (published 2026-11-20T10:10:10Z)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("follows:  the image production's release names (/etc/helmfile-defaults/mediawiki/release/mw-experimental-pinkllama-eqiad.yaml)"),
+            "{text}"
+        );
+        state
+            .components
+            .get_mut(&Component::Code)
+            .unwrap()
+            .plan
+            .observed["release_file"] = serde_json::Value::Null;
+        let text = render(&cfg, Some(&state), &Spool::default(), SystemTime::now());
+        assert!(
+            text.contains("follows:  the newest image on this node"),
+            "{text}"
         );
     }
 
