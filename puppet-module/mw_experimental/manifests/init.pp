@@ -1,16 +1,18 @@
-# @summary An mw-experimental Kubernetes worker: package, configuration, fact, apply, timer.
+# @summary An mw-experimental Kubernetes worker: package, configuration, fact, components, timer.
 #
-# The package, the configuration, the external fact, one converging run of
-# `mw-experimental apply` and the code refresh timer.
+# The package, the configuration, the external fact, one `mw_experimental_component` resource
+# per component that Puppet converges (`group`, `permissions`, `node`) and the code refresh timer.
 #
 # Everything on the node is done by the `mw-experimental` binary; this class only writes its
-# configuration (from these parameters, which mirror the configuration file's keys) and runs it.
-# The `exec` is idempotent: `mw-experimental plan` is its `unless` (exit 0 means converged), so a
-# converged node sees no change and no `apply`.
+# configuration (from these parameters, which mirror the configuration file's keys) and declares
+# the components, whose provider reads `mw-experimental plan --json` and runs
+# `mw-experimental apply COMPONENT --json` only for a component that drifted. A converged node
+# sees no change; a report names each component that changed and its drift by kind and count;
+# `--noop` runs only `plan`; a component that fails fails alone, with the tool's message.
 #
-# The switch is `enabled`. Off: `apply` still runs, and removes the managed node labels and taints
-# (and only those); the timer is disabled and stopped; the code tree and the deployer group are
-# left exactly as they are.
+# The switch is `enabled`. Off: `node` still converges, and removes the managed node labels and
+# taints (and only those); the timer is disabled and stopped; the code tree and the deployer group
+# are left exactly as they are.
 #
 # @example The WMF profile does this, with every value from Hiera
 #   class { 'mw_experimental':
@@ -85,8 +87,8 @@
 # @param facts_dir
 #   Facter's external facts directory, where the fact `mw_experimental` is linked to the binary.
 # @param exec_timeout
-#   The bound on `mw-experimental plan` and `apply` in the exec, in seconds (a first run walks the
-#   whole tree).
+#   The bound on each run of `mw-experimental plan` and `apply` by the component resources, in
+#   seconds (a first run walks the whole tree).
 class mw_experimental (
   Boolean $enabled = false,
   Optional[Mw_experimental::Node_name] $node_name = undef,
@@ -125,11 +127,13 @@ class mw_experimental (
   $config_file = "${config_dir}/config.yaml"
   $kubeconfig_file = "${config_dir}/kubeconfig"
   $timer = 'mw-experimental-sync.timer'
+  # The components Puppet converges; `code` is the timer's (`sync`), never Puppet's.
+  $components = ['group', 'permissions', 'node']
 
   if $manage_package {
     package { 'mw-experimental':
       ensure => $package_ensure,
-      before => [File[$config_file], File["${facts_dir}/mw_experimental"], Exec['mw-experimental apply']],
+      before => [File[$config_file], File["${facts_dir}/mw_experimental"], Mw_experimental_component[$components]],
     }
   }
 
@@ -198,7 +202,7 @@ class mw_experimental (
       mode      => '0600',
       content   => $kubeconfig,
       show_diff => false,
-      before    => Exec['mw-experimental apply'],
+      before    => Mw_experimental_component['node'],
     }
   }
 
@@ -209,21 +213,18 @@ class mw_experimental (
     target => $binary,
   }
 
-  # The converging run. `plan` exits 0 when converged, 1 when changes are pending, 2 on error; on 1
-  # or 2 `apply` runs, and an error fails this resource with the tool's message in the output.
-  exec { 'mw-experimental apply':
-    command   => [$binary, '--config', $config_file, 'apply'],
-    unless    => [[$binary, '--config', $config_file, 'plan']],
-    timeout   => $exec_timeout,
-    logoutput => true,
-    # The binary runs groupadd, gpasswd, setfacl and kubectl by name: the same PATH under the
-    # agent's service as in a root shell.
-    path      => ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'],
-    require   => File[$config_file],
+  # The components: each checked with `plan --json`, converged with `apply COMPONENT --json`
+  # when it drifted. `permissions` autorequires `group` (the tree is granted to its gid).
+  mw_experimental_component { $components:
+    ensure  => converged,
+    binary  => $binary,
+    config  => $config_file,
+    timeout => $exec_timeout,
+    require => File[$config_file],
   }
 
-  # The code refresh timer: on after a converged apply (sync needs the group and the tree), off
-  # before the apply that removes the labels.
+  # The code refresh timer: on after the components converged (sync needs the group and the
+  # tree), off before `node` removes the labels.
   if $start_timer {
     $timer_ensure = $enabled ? { true => 'running', default => 'stopped' }
     service { $timer:
@@ -257,8 +258,8 @@ class mw_experimental (
     Package['mw-experimental'] -> $timer_resource
   }
   if $enabled {
-    Exec['mw-experimental apply'] -> $timer_resource
+    Mw_experimental_component[$components] -> $timer_resource
   } else {
-    $timer_resource -> Exec['mw-experimental apply']
+    $timer_resource -> Mw_experimental_component[$components]
   }
 }

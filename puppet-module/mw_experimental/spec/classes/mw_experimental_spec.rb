@@ -6,8 +6,6 @@ describe 'mw_experimental' do
   let(:config) { '/etc/mw-experimental/config.yaml' }
   let(:kubeconfig) { '/etc/mw-experimental/kubeconfig' }
   let(:timer) { 'mw-experimental-sync.timer' }
-  let(:apply) { ['/usr/bin/mw-experimental', '--config', config, 'apply'] }
-  let(:plan) { ['/usr/bin/mw-experimental', '--config', config, 'plan'] }
 
   context 'with the defaults: the switch off' do
     it { is_expected.to compile.with_all_deps }
@@ -51,20 +49,24 @@ describe 'mw_experimental' do
       is_expected.to contain_file('/etc/facter/facts.d').with_ensure('directory')
     end
 
-    it 'still runs apply (which removes the labels and taints), checked by plan, bounded' do
-      is_expected.to contain_exec('mw-experimental apply').with(
-        command: apply,
-        unless: [plan],
-        timeout: 1800,
-        logoutput: true,
-        path: ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'],
-      ).that_requires("File[#{config}]").that_requires('Package[mw-experimental]')
+    it 'still converges each component (node removes the labels and taints), bounded' do
+      ['group', 'permissions', 'node'].each do |c|
+        is_expected.to contain_mw_experimental_component(c).with(
+          ensure: 'converged', binary: '/usr/bin/mw-experimental', config: config, timeout: 1800,
+        ).that_requires("File[#{config}]").that_requires('Package[mw-experimental]')
+      end
+    end
+
+    it 'leaves code to the timer, and has no exec around the binary' do
+      is_expected.not_to contain_mw_experimental_component('code')
+      execs = catalogue.resources.select { |r| r.type == 'Exec' }
+      expect(execs.map(&:title)).to eq([])
     end
 
     it 'stops and disables the timer, before the apply' do
       is_expected.to contain_service(timer)
         .with(ensure: 'stopped', enable: false, provider: 'systemd')
-        .that_comes_before('Exec[mw-experimental apply]')
+        .that_comes_before('Mw_experimental_component[node]')
     end
 
     it 'never manages the code tree: engineers’ work stays' do
@@ -88,7 +90,7 @@ describe 'mw_experimental' do
       is_expected.to contain_file(kubeconfig).with(
         ensure: 'file', owner: 'root', group: 'root', mode: '0600', show_diff: false,
         content: sensitive("apiVersion: v1\nusers:\n- user: {token: s3cr3t-token}\n"),
-      ).that_comes_before('Exec[mw-experimental apply]')
+      ).that_comes_before('Mw_experimental_component[node]')
       expect(catalogue.resource('File', kubeconfig).sensitive_parameters).to include(:content)
     end
 
@@ -113,7 +115,9 @@ describe 'mw_experimental' do
     it 'starts and enables the timer after a converged apply' do
       is_expected.to contain_service(timer)
         .with(ensure: 'running', enable: true, provider: 'systemd')
-        .that_requires('Exec[mw-experimental apply]')
+        .that_requires('Mw_experimental_component[group]')
+        .that_requires('Mw_experimental_component[permissions]')
+        .that_requires('Mw_experimental_component[node]')
         .that_requires('Package[mw-experimental]')
     end
   end
@@ -129,7 +133,7 @@ describe 'mw_experimental' do
       is_expected.to contain_exec("systemctl enable #{timer}").with(
         command: ['systemctl', 'enable', timer],
         unless: [['systemctl', 'is-enabled', '--quiet', timer]],
-      ).that_requires('Exec[mw-experimental apply]')
+      ).that_requires('Mw_experimental_component[node]')
     end
   end
 
@@ -140,7 +144,7 @@ describe 'mw_experimental' do
       is_expected.to contain_exec("systemctl disable #{timer}").with(
         command: ['systemctl', 'disable', timer],
         onlyif: [['systemctl', 'is-enabled', '--quiet', timer]],
-      ).that_comes_before('Exec[mw-experimental apply]')
+      ).that_comes_before('Mw_experimental_component[node]')
     end
   end
 
@@ -154,10 +158,8 @@ describe 'mw_experimental' do
     end
 
     it 'runs that binary with that config, and links the fact in that directory' do
-      is_expected.to contain_exec('mw-experimental apply').with(
-        command: ['/opt/mwx/bin/mw-experimental', '--config', '/tmp/mwx/etc/config.yaml', 'apply'],
-        unless: [['/opt/mwx/bin/mw-experimental', '--config', '/tmp/mwx/etc/config.yaml', 'plan']],
-        timeout: 60,
+      is_expected.to contain_mw_experimental_component('permissions').with(
+        binary: '/opt/mwx/bin/mw-experimental', config: '/tmp/mwx/etc/config.yaml', timeout: 60,
       )
       is_expected.to contain_file('/tmp/mwx/facts.d/mw_experimental').with_target('/opt/mwx/bin/mw-experimental')
       image = config_yaml(catalogue.resource('File', '/tmp/mwx/etc/config.yaml')[:content])['image']
