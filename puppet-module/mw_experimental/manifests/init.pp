@@ -76,6 +76,10 @@
 #   Whether to install the `mw-experimental` package (false: it is installed some other way).
 # @param package_ensure
 #   The package's `ensure`: `present`, `latest` or a version.
+# @param manage_timer
+#   Whether to manage the code refresh timer at all. False only where the package's systemd units
+#   are not installed (a binary put in place by hand, tests against a bare binary): the timer is
+#   then left alone.
 # @param start_timer
 #   Whether to start or stop the timer as well as enable or disable it. Needs systemd as PID 1
 #   (Puppet's systemd service provider). False, where systemd does not run (containers, CI): the
@@ -118,6 +122,7 @@ class mw_experimental (
   Mw_experimental::Path $metrics_file = '/var/lib/prometheus/node.d/mw_experimental.prom',
   Boolean $manage_package = true,
   Mw_experimental::Package_ensure $package_ensure = 'present',
+  Boolean $manage_timer = true,
   Boolean $start_timer = true,
   Mw_experimental::Path $binary = '/usr/bin/mw-experimental',
   Mw_experimental::Path $config_dir = '/etc/mw-experimental',
@@ -225,41 +230,43 @@ class mw_experimental (
 
   # The code refresh timer: on after the components converged (sync needs the group and the
   # tree), off before `node` removes the labels.
-  if $start_timer {
-    $timer_ensure = $enabled ? { true => 'running', default => 'stopped' }
-    service { $timer:
-      ensure   => $timer_ensure,
-      enable   => $enabled,
-      provider => 'systemd',
-    }
-    $timer_resource = Service[$timer]
-  } else {
-    # Without systemd as PID 1 Puppet's systemd provider is not functional (and the service type
-    # would fall back to update-rc.d), so only the enablement is managed, with systemctl's offline
-    # mode, which edits the [Install] symlinks without a running systemd.
-    $systemctl = ['/usr/bin', '/bin']
-    if $enabled {
-      exec { "systemctl enable ${timer}":
-        command => ['systemctl', 'enable', $timer],
-        unless  => [['systemctl', 'is-enabled', '--quiet', $timer]],
-        path    => $systemctl,
+  if $manage_timer {
+    if $start_timer {
+      $timer_ensure = $enabled ? { true => 'running', default => 'stopped' }
+      service { $timer:
+        ensure   => $timer_ensure,
+        enable   => $enabled,
+        provider => 'systemd',
       }
-      $timer_resource = Exec["systemctl enable ${timer}"]
+      $timer_resource = Service[$timer]
     } else {
-      exec { "systemctl disable ${timer}":
-        command => ['systemctl', 'disable', $timer],
-        onlyif  => [['systemctl', 'is-enabled', '--quiet', $timer]],
-        path    => $systemctl,
+      # Without systemd as PID 1 Puppet's systemd provider is not functional (and the service type
+      # would fall back to update-rc.d), so only the enablement is managed, with systemctl's offline
+      # mode, which edits the [Install] symlinks without a running systemd.
+      $systemctl = ['/usr/bin', '/bin']
+      if $enabled {
+        exec { "systemctl enable ${timer}":
+          command => ['systemctl', 'enable', $timer],
+          unless  => [['systemctl', 'is-enabled', '--quiet', $timer]],
+          path    => $systemctl,
+        }
+        $timer_resource = Exec["systemctl enable ${timer}"]
+      } else {
+        exec { "systemctl disable ${timer}":
+          command => ['systemctl', 'disable', $timer],
+          onlyif  => [['systemctl', 'is-enabled', '--quiet', $timer]],
+          path    => $systemctl,
+        }
+        $timer_resource = Exec["systemctl disable ${timer}"]
       }
-      $timer_resource = Exec["systemctl disable ${timer}"]
     }
-  }
-  if $manage_package {
-    Package['mw-experimental'] -> $timer_resource
-  }
-  if $enabled {
-    Mw_experimental_component[$components] -> $timer_resource
-  } else {
-    $timer_resource -> Mw_experimental_component[$components]
+    if $manage_package {
+      Package['mw-experimental'] -> $timer_resource
+    }
+    if $enabled {
+      Mw_experimental_component[$components] -> $timer_resource
+    } else {
+      $timer_resource -> Mw_experimental_component[$components]
+    }
   }
 }

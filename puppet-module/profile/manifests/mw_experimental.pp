@@ -63,6 +63,8 @@
 #   See mw_experimental::manage_package.
 # @param package_ensure
 #   See mw_experimental::package_ensure.
+# @param manage_timer
+#   See mw_experimental::manage_timer.
 # @param start_timer
 #   See mw_experimental::start_timer.
 # @param binary
@@ -99,6 +101,7 @@ class profile::mw_experimental (
   Mw_experimental::Path $metrics_file = lookup('profile::mw_experimental::metrics_file'),
   Boolean $manage_package = lookup('profile::mw_experimental::manage_package'),
   Mw_experimental::Package_ensure $package_ensure = lookup('profile::mw_experimental::package_ensure'),
+  Boolean $manage_timer = lookup('profile::mw_experimental::manage_timer'),
   Boolean $start_timer = lookup('profile::mw_experimental::start_timer'),
   Mw_experimental::Path $binary = lookup('profile::mw_experimental::binary'),
   Mw_experimental::Path $config_dir = lookup('profile::mw_experimental::config_dir'),
@@ -131,6 +134,7 @@ class profile::mw_experimental (
     metrics_file             => $metrics_file,
     manage_package           => $manage_package,
     package_ensure           => $package_ensure,
+    manage_timer             => $manage_timer,
     start_timer              => $start_timer,
     binary                   => $binary,
     config_dir               => $config_dir,

@@ -148,6 +148,18 @@ describe 'mw_experimental' do
     end
   end
 
+  context 'with manage_timer false (no packaged units), switch on' do
+    let(:params) { { enabled: true, manage_timer: false, manage_package: false } }
+
+    it { is_expected.to compile.with_all_deps }
+
+    it 'leaves the timer alone, and still converges every component' do
+      is_expected.not_to contain_service(timer)
+      expect(catalogue.resources.select { |r| r.type == 'Exec' }).to eq([])
+      ['group', 'permissions', 'node'].each { |c| is_expected.to contain_mw_experimental_component(c) }
+    end
+  end
+
   context 'with paths for a test world' do
     let(:params) do
       {
