@@ -97,6 +97,34 @@ pub enum Command {
         #[arg(long = "node", value_name = "NAME[=HOST]")]
         nodes: Vec<String>,
     },
+    /// Every node's mw_experimental fact from PuppetDB, one line per node (switch, converged,
+    /// image, last sync, edits, holds, facts' age, last error); stale facts are marked, not dropped.
+    Fleet {
+        /// PuppetDB's URL, https://HOST:PORT.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "MW_EXPERIMENTAL_PUPPETDB",
+            default_value = "https://puppetdb:8081"
+        )]
+        puppetdb: String,
+        /// The Puppet agent's ssldir: its certificate, key and the CA authenticate to PuppetDB.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/puppet/ssl")]
+        ssldir: PathBuf,
+        /// Which certificate of the ssldir (default: the only one there).
+        #[arg(long, value_name = "NAME")]
+        certname: Option<String>,
+        /// Facts older than this are marked stale (and never routed), e.g. 2h, 90m.
+        #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = humantime::parse_duration)]
+        stale_after: std::time::Duration,
+        /// The bound on each PuppetDB query, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        timeout: u64,
+        /// Print only the X-Wikimedia-Debug routing entries of the nodes that are on, converged
+        /// and fresh.
+        #[arg(long)]
+        routing: bool,
+    },
     /// Print the effective configuration.
     Config,
     /// Pause the code refresh (sync, plan/apply code) until you release it or it expires.

@@ -18,15 +18,17 @@ pub mod state;
 
 // Capabilities: one thing the node can do (look up accounts, apply the permission policy to an
 // entry, read an image, sync a tree, run kubectl, render the workload, build the fact, write
-// metrics), with no policy of which component wants it.
+// metrics, read PuppetDB and the fleet in it), with no policy of which component wants it.
 pub mod accounts;
 pub mod facts;
+pub mod fleet;
 pub mod hold;
 pub mod image;
 pub mod kube;
 pub mod metrics;
 pub mod motd;
 pub mod policy;
+pub mod puppetdb;
 pub mod render;
 pub mod routing;
 pub mod sync;

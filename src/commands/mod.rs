@@ -8,6 +8,7 @@
 pub mod config;
 pub mod diff;
 pub mod facts;
+pub mod fleet;
 pub mod generate;
 pub mod hold;
 pub mod motd;
@@ -59,6 +60,7 @@ pub fn main() -> std::process::ExitCode {
         | Command::Diff { .. }
         | Command::Render { .. }
         | Command::Routing { .. }
+        | Command::Fleet { .. }
         | Command::Config
         | Command::Hold { .. }
         | Command::Release { .. }
@@ -86,6 +88,29 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::Ok);
     }
     let cfg = load_config(cli.config.as_deref())?;
+    // Fleet reads PuppetDB; the configuration gives only the routing prefix and port.
+    if let Command::Fleet {
+        puppetdb,
+        ssldir,
+        certname,
+        stale_after,
+        timeout,
+        routing,
+    } = &cli.command
+    {
+        return fleet::fleet(
+            &cfg,
+            &fleet::Options {
+                puppetdb,
+                ssldir,
+                certname: certname.as_deref(),
+                stale_after: *stale_after,
+                timeout: Duration::from_secs(*timeout),
+                routing: *routing,
+                json: cli.json,
+            },
+        );
+    }
     let style = output::Style {
         json: cli.json,
         verbose: cli.verbose > 0,
@@ -93,7 +118,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         started: std::time::Instant::now(),
     };
     match cli.command {
-        Command::Facts | Command::Generate { .. } => unreachable!(),
+        Command::Facts | Command::Generate { .. } | Command::Fleet { .. } => unreachable!(),
         Command::Config => config::config(&cfg, cli.json),
         Command::Plan { components } => plan::plan(&cfg, &parse_components(&components)?, style),
         Command::Apply {
