@@ -15,6 +15,7 @@ mod output;
 mod packaging;
 mod permissions;
 mod puppet;
+mod puppet_server;
 mod release;
 mod render;
 mod request_path;

@@ -357,8 +357,9 @@ fn puppet_converges_on_then_off_then_on_and_recovers_from_a_failing_api_server()
         "a failing API server must fail the run (got {rc})\n{out}"
     );
     assert!(
-        out.contains("mw-experimental: error: applying node"),
-        "the tool's message is not in Puppet's output\n{out}"
+        out.contains("Mw_experimental_component[node]")
+            && out.contains("mw-experimental apply node failed: node: "),
+        "the tool's message is not in Puppet's output, on the node component\n{out}"
     );
     assert!(
         out.contains(&name),

@@ -156,4 +156,5 @@ pub mod kube;
 pub mod kube_api;
 pub mod oci;
 pub mod perm;
+pub mod puppet_stack;
 pub mod web;
