@@ -380,7 +380,8 @@ fn puppet_converges_on_then_off_then_on_and_recovers_from_a_failing_api_server()
         "the run after the API server recovered converges\n{out}"
     );
     assert_eq!(managed_taints(&api), 2);
-    assert_eq!(puppet(&layer).0, 0);
+    let (rc, out) = puppet(&layer);
+    assert_eq!(rc, 0, "the run after that changes nothing\n{out}");
     assert_eq!(fact()["converged"], true);
 }
 
