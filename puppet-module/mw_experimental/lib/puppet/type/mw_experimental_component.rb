@@ -45,6 +45,10 @@ Puppet::Type.newtype(:mw_experimental_component) do
     newvalue(:drifted)
     newvalue(:failed)
 
+    validate do |value|
+      raise ArgumentError, "ensure can only be 'converged' (drifted and failed are what plan reports), not #{value.inspect}" unless value.to_s == 'converged'
+    end
+
     def insync?(is)
       is.to_s == 'converged'
     end

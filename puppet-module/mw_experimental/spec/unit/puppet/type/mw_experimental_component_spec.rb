@@ -25,6 +25,10 @@ describe Puppet::Type.type(:mw_experimental_component) do
     expect { type.new(name: 'group', timeout: 0) }.to raise_error(Puppet::ResourceError, %r{timeout must be a positive integer})
   end
 
+  it 'can only be asked to be converged' do
+    expect { type.new(name: 'node', ensure: 'drifted') }.to raise_error(Puppet::ResourceError, %r{ensure can only be 'converged'})
+  end
+
   it 'is in sync only when converged' do
     prop = type.new(name: 'node', ensure: 'converged').property(:ensure)
     expect(prop.insync?(:converged)).to be(true)
