@@ -17,3 +17,4 @@ mod render;
 mod request_path;
 mod routing;
 mod sync;
+mod sync_model;
