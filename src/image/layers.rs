@@ -3,10 +3,12 @@
 //! below `image.path`; and the chosen files' contents streamed back out of the layers. Tar
 //! entries are data: an entry whose path climbs out with `..` or is not UTF-8, a hard link to
 //! anything but a file of the tree, a device or fifo, or an entry below a symlink or a file is
-//! dropped and reported. It must never produce a path outside the tree, and never touch the
-//! disk (nothing is unpacked; `sync` does the writing).
+//! dropped and reported. Every layer is read whole and checked against its digest before its
+//! tree is used, and stopped at `image.max_layer_bytes` unpacked. It must never produce a path
+//! outside the tree, and never touch the disk (nothing is unpacked; `sync` does the writing).
 
 use super::oci::Store;
+use super::verify::Limited;
 use super::{clean_mode, Entry, Kind, Tree};
 use crate::fs::at;
 use anyhow::{bail, Context, Result};
@@ -20,6 +22,7 @@ pub(super) fn tree(
     layers: &[(String, String)],
     prefix: &str,
     reference: &str,
+    max_layer_bytes: u64,
     winners: &mut HashMap<String, (usize, u64)>,
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
@@ -27,7 +30,8 @@ pub(super) fn tree(
     let mut merged: BTreeMap<String, (Entry, usize, u64)> = BTreeMap::new();
     let under = |p: &str| prefix.is_empty() || p == prefix || p.starts_with(&format!("{prefix}/"));
     for (li, (digest, mt)) in layers.iter().enumerate() {
-        let r = decompress(mt, store.open(digest)?)?;
+        let (raw, verified) = store.open_verified(digest)?;
+        let r = Limited::new(decompress(mt, raw)?, max_layer_bytes, digest);
         let mut ar = tar::Archive::new(r);
         let mut adds: Vec<(String, Entry, u64)> = Vec::new();
         let mut whiteouts = Vec::new();
@@ -145,6 +149,13 @@ pub(super) fn tree(
             };
             adds.push((path, entry, encode_pos(li, ei as u64)));
         }
+        // Read the layer to its last byte (tar padding, the compressed stream's end) so its
+        // digest is checked before anything of it is used.
+        std::io::copy(&mut ar.into_inner(), &mut std::io::sink())
+            .with_context(|| format!("reading the layer {digest}"))?;
+        if !verified.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!("the layer {digest} was not read to its end, so its digest is unverified: it has data after its compressed stream");
+        }
         // Whiteouts hide what the lower layers had; this layer's own entries stay.
         for d in opaque {
             remove_below(&mut merged, &d, false);
@@ -243,6 +254,7 @@ pub(super) fn fetch(
     store: &Store,
     layers: &[(String, String)],
     winners: &HashMap<String, (usize, u64)>,
+    max_layer_bytes: u64,
     wanted: &[String],
     f: &mut dyn FnMut(&str, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
@@ -258,7 +270,8 @@ pub(super) fn fetch(
         if by_pos.range((li, 0)..=(li, u64::MAX)).next().is_none() {
             continue;
         }
-        let mut ar = tar::Archive::new(decompress(mt, store.open(digest)?)?);
+        let r = Limited::new(decompress(mt, store.open(digest)?)?, max_layer_bytes, digest);
+        let mut ar = tar::Archive::new(r);
         for (ei, e) in ar.entries()?.enumerate() {
             let mut e = e.with_context(|| format!("reading the layer {digest}"))?;
             let Some(paths) = by_pos.get(&(li, ei as u64)) else {

@@ -35,6 +35,7 @@ mod layers;
 mod oci;
 pub mod release;
 pub mod tag;
+mod verify;
 
 pub use tag::parse_publish_tag;
 
@@ -114,6 +115,8 @@ enum Backend {
         store: oci::Store,
         layers: Vec<(String, String)>,
         prefix: String,
+        /// `image.max_layer_bytes`: the most one layer may unpack to.
+        max_layer_bytes: u64,
     },
 }
 
@@ -273,6 +276,7 @@ impl Image {
             store,
             layers,
             prefix,
+            max_layer_bytes,
         } = &self.backend
         else {
             unreachable!("directory images carry their tree")
@@ -282,6 +286,7 @@ impl Image {
             layers,
             prefix,
             &self.reference,
+            *max_layer_bytes,
             &mut self.winners,
             notes,
         )
@@ -306,9 +311,12 @@ impl Image {
             Backend::Directory { root, location } => {
                 directory::fetch(root.as_fd(), location, wanted, f)
             }
-            Backend::Layers { store, layers, .. } => {
-                layers::fetch(store, layers, &self.winners, wanted, f)
-            }
+            Backend::Layers {
+                store,
+                layers,
+                max_layer_bytes,
+                ..
+            } => layers::fetch(store, layers, &self.winners, *max_layer_bytes, wanted, f),
         }
     }
 
