@@ -36,118 +36,128 @@ pub(super) fn tree(
         let mut adds: Vec<(String, Entry, u64)> = Vec::new();
         let mut whiteouts = Vec::new();
         let mut opaque = Vec::new();
-        let entries = ar
-            .entries()
-            .with_context(|| format!("reading the layer {digest}"))?;
-        for (ei, e) in entries.enumerate() {
-            let mut e = e.with_context(|| format!("reading the layer {digest}"))?;
-            let raw = e.path_bytes().into_owned();
-            let Some(path) = normalize(&raw) else {
-                notes.push(format!(
-                    "image: dropped the entry {:?} in layer {digest}: it climbs out with '..' or is not UTF-8",
-                    String::from_utf8_lossy(&raw)
-                ));
-                continue;
-            };
-            if path.is_empty() {
-                continue;
-            }
-            let (parent, name) = at::split(&path);
-            if name == ".wh..wh..opq" {
-                opaque.push(parent.to_string());
-                continue;
-            }
-            if let Some(hidden) = name.strip_prefix(".wh.") {
-                whiteouts.push(if parent.is_empty() {
-                    hidden.to_string()
-                } else {
-                    format!("{parent}/{hidden}")
-                });
-                continue;
-            }
-            let h = e.header().clone();
-            let raw_mode = h.mode().unwrap_or(0o644);
-            let mtime = h.mtime().unwrap_or(0) as i64;
-            let et = h.entry_type();
-            let entry = if et.is_dir() {
-                Entry {
-                    kind: Kind::Dir,
-                    mode: clean_mode(Kind::Dir, raw_mode),
-                    size: 0,
-                    mtime,
-                    mtime_nsec: 0,
-                    hash: None,
-                    target: None,
-                }
-            } else if et.is_symlink() {
-                let t = e
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                if t.is_empty() {
+        // A damaged or tampered blob reports its digest mismatch, not whatever the tar parser
+        // tripped over first.
+        let parsed = (|| -> Result<()> {
+            let entries = ar
+                .entries()
+                .with_context(|| format!("reading the layer {digest}"))?;
+            for (ei, e) in entries.enumerate() {
+                let mut e = e.with_context(|| format!("reading the layer {digest}"))?;
+                let raw = e.path_bytes().into_owned();
+                let Some(path) = normalize(&raw) else {
+                    notes.push(format!(
+                        "image: dropped the entry {:?} in layer {digest}: it climbs out with '..' or is not UTF-8",
+                        String::from_utf8_lossy(&raw)
+                    ));
+                    continue;
+                };
+                if path.is_empty() {
                     continue;
                 }
-                Entry {
-                    kind: Kind::Symlink,
-                    mode: 0o777,
-                    size: 0,
-                    mtime,
-                    mtime_nsec: 0,
-                    hash: None,
-                    target: Some(t),
+                let (parent, name) = at::split(&path);
+                if name == ".wh..wh..opq" {
+                    opaque.push(parent.to_string());
+                    continue;
                 }
-            } else if et.is_hard_link() {
-                // Same content as an earlier entry: copy that entry (as a separate file).
-                let t = e.link_name_bytes().and_then(|b| normalize(&b));
-                let src = t.and_then(|t| {
-                    adds.iter()
-                        .rev()
-                        .find(|a| a.0 == t)
-                        .map(|a| (a.1.clone(), a.2))
-                        .or_else(|| {
-                            merged
-                                .get(&t)
-                                .map(|(e, l, i)| (e.clone(), encode_pos(*l, *i)))
-                        })
-                });
-                match src {
-                    Some((src, pos))
-                        if src.kind == Kind::File && (src.hash.is_some() || !under(&path)) =>
-                    {
-                        adds.push((path, Entry { mtime, ..src }, pos));
+                if let Some(hidden) = name.strip_prefix(".wh.") {
+                    whiteouts.push(if parent.is_empty() {
+                        hidden.to_string()
+                    } else {
+                        format!("{parent}/{hidden}")
+                    });
+                    continue;
+                }
+                let h = e.header().clone();
+                let raw_mode = h.mode().unwrap_or(0o644);
+                let mtime = h.mtime().unwrap_or(0) as i64;
+                let et = h.entry_type();
+                let entry = if et.is_dir() {
+                    Entry {
+                        kind: Kind::Dir,
+                        mode: clean_mode(Kind::Dir, raw_mode),
+                        size: 0,
+                        mtime,
+                        mtime_nsec: 0,
+                        hash: None,
+                        target: None,
                     }
-                    _ => notes.push(format!(
-                        "image: dropped the hard link {path:?}: its target is not a file of the tree"
-                    )),
-                }
-                continue;
-            } else if et.is_file() {
-                let hash = if under(&path) {
-                    let mut hs = blake3::Hasher::new();
-                    std::io::copy(&mut e, &mut hs)
-                        .with_context(|| format!("reading {path:?} in the layer {digest}"))?;
-                    Some(*hs.finalize().as_bytes())
+                } else if et.is_symlink() {
+                    let t = e
+                        .link_name_bytes()
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .unwrap_or_default();
+                    if t.is_empty() {
+                        continue;
+                    }
+                    Entry {
+                        kind: Kind::Symlink,
+                        mode: 0o777,
+                        size: 0,
+                        mtime,
+                        mtime_nsec: 0,
+                        hash: None,
+                        target: Some(t),
+                    }
+                } else if et.is_hard_link() {
+                    // Same content as an earlier entry: copy that entry (as a separate file).
+                    let t = e.link_name_bytes().and_then(|b| normalize(&b));
+                    let src = t.and_then(|t| {
+                        adds.iter()
+                            .rev()
+                            .find(|a| a.0 == t)
+                            .map(|a| (a.1.clone(), a.2))
+                            .or_else(|| {
+                                merged
+                                    .get(&t)
+                                    .map(|(e, l, i)| (e.clone(), encode_pos(*l, *i)))
+                            })
+                    });
+                    match src {
+                        Some((src, pos))
+                            if src.kind == Kind::File && (src.hash.is_some() || !under(&path)) =>
+                        {
+                            adds.push((path, Entry { mtime, ..src }, pos));
+                        }
+                        _ => notes.push(format!(
+                            "image: dropped the hard link {path:?}: its target is not a file of the tree"
+                        )),
+                    }
+                    continue;
+                } else if et.is_file() {
+                    let hash = if under(&path) {
+                        let mut hs = blake3::Hasher::new();
+                        std::io::copy(&mut e, &mut hs)
+                            .with_context(|| format!("reading {path:?} in the layer {digest}"))?;
+                        Some(*hs.finalize().as_bytes())
+                    } else {
+                        None
+                    };
+                    Entry {
+                        kind: Kind::File,
+                        mode: clean_mode(Kind::File, raw_mode),
+                        size: h.size().unwrap_or(0),
+                        mtime,
+                        mtime_nsec: 0,
+                        hash,
+                        target: None,
+                    }
                 } else {
-                    None
+                    if under(&path) {
+                        notes.push(format!(
+                            "image: skipped {path:?}: a device, fifo or other special file"
+                        ));
+                    }
+                    continue;
                 };
-                Entry {
-                    kind: Kind::File,
-                    mode: clean_mode(Kind::File, raw_mode),
-                    size: h.size().unwrap_or(0),
-                    mtime,
-                    mtime_nsec: 0,
-                    hash,
-                    target: None,
-                }
-            } else {
-                if under(&path) {
-                    notes.push(format!(
-                        "image: skipped {path:?}: a device, fifo or other special file"
-                    ));
-                }
-                continue;
-            };
-            adds.push((path, entry, encode_pos(li, ei as u64)));
+                adds.push((path, entry, encode_pos(li, ei as u64)));
+            }
+            Ok(())
+        })();
+        if let Err(e) = parsed {
+            std::io::copy(&mut ar.into_inner(), &mut std::io::sink())
+                .with_context(|| format!("reading the layer {digest}"))?;
+            return Err(e);
         }
         // Read the layer to its last byte (tar padding, the compressed stream's end) so its
         // digest is checked before anything of it is used.
@@ -270,7 +280,11 @@ pub(super) fn fetch(
         if by_pos.range((li, 0)..=(li, u64::MAX)).next().is_none() {
             continue;
         }
-        let r = Limited::new(decompress(mt, store.open(digest)?)?, max_layer_bytes, digest);
+        let r = Limited::new(
+            decompress(mt, store.open(digest)?)?,
+            max_layer_bytes,
+            digest,
+        );
         let mut ar = tar::Archive::new(r);
         for (ei, e) in ar.entries()?.enumerate() {
             let mut e = e.with_context(|| format!("reading the layer {digest}"))?;

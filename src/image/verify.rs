@@ -115,7 +115,9 @@ impl<R: Read> Read for Limited<R> {
             return Ok(0);
         }
         // Ask for one byte more than is left, to tell "exactly at the limit" from "past it".
-        let want = buf.len().min(self.left.saturating_add(1).min(usize::MAX as u64) as usize);
+        let want = buf
+            .len()
+            .min(self.left.saturating_add(1).min(usize::MAX as u64) as usize);
         let n = self.inner.read(&mut buf[..want])?;
         if n as u64 > self.left {
             return Err(std::io::Error::other(format!(
@@ -158,9 +160,16 @@ mod tests {
     #[test]
     fn a_blob_that_does_not_match_is_an_error_naming_it() {
         let e = read_small(Box::new(&b"abd"[..]), ABC, 10).unwrap_err();
-        assert!(format!("{e:#}").contains("does not match its digest"), "{e:#}");
-        let e = read_small(Box::new(&b"abc"[..]), "md5:0123456789abcdef0123456789abcdef", 10)
-            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("does not match its digest"),
+            "{e:#}"
+        );
+        let e = read_small(
+            Box::new(&b"abc"[..]),
+            "md5:0123456789abcdef0123456789abcdef",
+            10,
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("unsupported digest"), "{e:#}");
         let e = read_small(Box::new(&b"abc"[..]), ABC, 2).unwrap_err();
         assert!(format!("{e:#}").contains("larger than 2 bytes"), "{e:#}");

@@ -217,8 +217,12 @@ pub(super) fn parse_line(line: &str) -> Option<(String, MEntry)> {
         return None;
     }
     let (mt, mn) = f[4].split_once('.')?;
+    let path = unesc(f[0]);
+    if !is_tree_path(&path) {
+        return None;
+    }
     Some((
-        unesc(f[0]),
+        path,
         MEntry {
             e: Entry {
                 kind: Kind::from_letter(f[1])?,
@@ -232,4 +236,10 @@ pub(super) fn parse_line(line: &str) -> Option<(String, MEntry)> {
             live: (f[7].parse().ok()?, f[8].parse().ok()?, f[9].parse().ok()?),
         },
     ))
+}
+
+/// A path of the tree as the manifest and the journal hold it: relative, no empty, `.` or `..`
+/// component. Anything else in those files is damage, never a path to open.
+pub(super) fn is_tree_path(p: &str) -> bool {
+    !p.is_empty() && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }

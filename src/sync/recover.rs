@@ -10,7 +10,7 @@
 //! an edit), nor follow a symlink on the way there.
 
 use super::live::{equals_manifest, kind_of, quick};
-use super::manifest::{parse_line, unesc, Manifest};
+use super::manifest::{is_tree_path, parse_line, unesc, Manifest};
 use super::sync_dir;
 use crate::config::Config;
 use crate::fs::at::{self, DirCache, Opened};
@@ -42,7 +42,7 @@ pub(super) fn recover(cfg: &Config) -> Result<bool> {
         };
         let rel = unesc(rel);
         let (parent, name) = at::split(&rel);
-        if !name.starts_with(".mwx-tmp.") {
+        if !is_tree_path(&rel) || !name.starts_with(".mwx-tmp.") {
             continue;
         }
         if let Opened::Dir(d) = dc.open(parent)? {
@@ -72,6 +72,9 @@ pub(super) fn recover(cfg: &Config) -> Result<bool> {
         } else {
             continue;
         };
+        if !is_tree_path(&rel) {
+            continue;
+        }
         let man = match &mut man {
             Some(m) => m,
             None => man.insert(Manifest::read(cfg)?),
@@ -88,12 +91,10 @@ pub(super) fn recover(cfg: &Config) -> Result<bool> {
                     .retain(|k, _| k != &rel && !super::under(k, &rel));
                 recorded += 1;
             }
-            (Some(mut m), Some((d, st))) => {
-                if equals_manifest(&m, &st, d, name, &mut None)? {
-                    m.live = quick(&st);
-                    man.entries.insert(rel, m);
-                    recorded += 1;
-                }
+            (Some(mut m), Some((d, st))) if equals_manifest(&m, &st, d, name, &mut None)? => {
+                m.live = quick(&st);
+                man.entries.insert(rel, m);
+                recorded += 1;
             }
             _ => {}
         }

@@ -7,6 +7,7 @@ mod support;
 
 mod cli;
 mod group;
+mod hostile;
 mod layout;
 mod node;
 mod packaging;

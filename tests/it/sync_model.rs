@@ -591,7 +591,7 @@ impl<'a> Case<'a> {
                 )));
             }
         }
-        if (d.code == 1) != !listed.is_empty() {
+        if (d.code == 1) == listed.is_empty() {
             return Err(fail(format!("diff exit {} with {v} {}", d.code, ctx())));
         }
         Ok(())
