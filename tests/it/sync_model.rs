@@ -21,7 +21,9 @@
 //! (`MWX_MODEL_SEED`, `MWX_MODEL_CASES`). Failing cases shrink to a minimal history, are saved
 //! in `tests/it/sync_model.regressions` (replayed first on every run), and are also pinned as
 //! named tests below. This test never writes outside its temporary directories, except
-//! through the temporary user and group it creates and deletes.
+//! through the temporary user and group it creates and deletes. It is one file of more than
+//! 500 lines on purpose: the generators, the world and the invariants are one model, and are
+//! read together.
 
 use crate::support::perm::{snapshot as inodes, GroupGuard, Inode, UserGuard};
 use crate::support::*;
@@ -643,7 +645,7 @@ fn random_histories_never_lose_an_edit_nor_touch_outside() {
     let user = UserGuard::create();
     sh(Command::new("gpasswd").args(["-a", &user.name, &g.name]));
     let seed = env_u64("MWX_MODEL_SEED", 12);
-    let cases = env_u64("MWX_MODEL_CASES", 40) as u32;
+    let cases = env_u64("MWX_MODEL_CASES", 120) as u32;
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
     let config = PtConfig {
