@@ -96,6 +96,9 @@ pub struct Image {
     pub pull_timeout_seconds: u64,
     /// The most bytes one layer may unpack to: a decompression bomb stops here, with an error.
     pub max_layer_bytes: u64,
+    /// The bound of `state_dir/layers` (what each layer chain contributed to the tree, so a new
+    /// image that shares lower layers reads only its new ones); 0 turns it off.
+    pub layer_cache_bytes: u64,
 }
 
 /// The Kubernetes objects `render` writes (the service side of the switch).
@@ -228,6 +231,7 @@ impl Default for Image {
             pull: true,
             pull_timeout_seconds: 600,
             max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
+            layer_cache_bytes: 2 << 30,
         }
     }
 }

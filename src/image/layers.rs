@@ -5,8 +5,10 @@
 //! anything but a file of the tree, a device or fifo, or an entry below a symlink or a file is
 //! dropped and reported. Every layer is read whole and checked against its digest before its
 //! tree is used, and stopped at `image.max_layer_bytes` unpacked. It must never produce a path
-//! outside the tree, and never touch the disk (nothing is unpacked; `sync` does the writing).
+//! outside the tree, and never write to the disk (nothing is unpacked; `sync` does the
+//! writing) except the layer cache (`layer_cache`): a layer chain parsed before is not read again.
 
+use super::layer_cache::LayerCache;
 use super::oci::Store;
 use super::verify::Limited;
 use super::{clean_mode, Entry, Kind, Tree};
@@ -17,12 +19,13 @@ use std::io::Read;
 
 /// The code tree (below `prefix`) of the merged layers. Report lines for anything dropped go to
 /// `notes`; `winners` gets, for each file, where its content is: (layer, entry index in the tar).
+/// Each layer stops at the given unpacked size; the cache (if any) spares re-reading a layer chain.
 pub(super) fn tree(
     store: &Store,
     layers: &[(String, String)],
     prefix: &str,
     reference: &str,
-    max_layer_bytes: u64,
+    (max_layer_bytes, cache): (u64, Option<&LayerCache>),
     winners: &mut HashMap<String, (usize, u64)>,
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
@@ -30,6 +33,14 @@ pub(super) fn tree(
     let mut merged: BTreeMap<String, (Entry, usize, u64)> = BTreeMap::new();
     let under = |p: &str| prefix.is_empty() || p == prefix || p.starts_with(&format!("{prefix}/"));
     for (li, (digest, mt)) in layers.iter().enumerate() {
+        let key = cache.map(|c| (c, LayerCache::key(prefix, &layers[..=li])));
+        if let Some(p) = key.as_ref().and_then(|(c, k)| c.load(k)) {
+            log::debug!("layer {digest}: from the layer cache");
+            notes.extend(p.notes);
+            merge(&mut merged, p.opaque, p.whiteouts, p.adds);
+            continue;
+        }
+        let notes_before = notes.len();
         let (raw, verified) = store.open_verified(digest)?;
         let r = Limited::new(decompress(mt, raw)?, max_layer_bytes, digest);
         let mut ar = tar::Archive::new(r);
@@ -166,20 +177,10 @@ pub(super) fn tree(
         if !verified.load(std::sync::atomic::Ordering::SeqCst) {
             bail!("the layer {digest} was not read to its end, so its digest is unverified: it has data after its compressed stream");
         }
-        // Whiteouts hide what the lower layers had; this layer's own entries stay.
-        for d in opaque {
-            remove_below(&mut merged, &d, false);
+        if let Some((c, k)) = &key {
+            c.store(k, &adds, &whiteouts, &opaque, &notes[notes_before..]);
         }
-        for w in whiteouts {
-            remove_below(&mut merged, &w, true);
-        }
-        for (path, entry, pos) in adds {
-            if entry.kind != Kind::Dir {
-                remove_below(&mut merged, &path, false);
-            }
-            let (l, i) = decode_pos(pos);
-            merged.insert(path, (entry, l, i));
-        }
+        merge(&mut merged, opaque, whiteouts, adds);
     }
     // The tree root must be a real directory all the way down in the image.
     if !prefix.is_empty() {
@@ -303,6 +304,29 @@ pub(super) fn fetch(
         }
     }
     Ok(())
+}
+
+/// Puts one layer over the merged tree: whiteouts hide what the lower layers had; this layer's
+/// own entries stay.
+fn merge(
+    merged: &mut BTreeMap<String, (Entry, usize, u64)>,
+    opaque: Vec<String>,
+    whiteouts: Vec<String>,
+    adds: Vec<(String, Entry, u64)>,
+) {
+    for d in opaque {
+        remove_below(merged, &d, false);
+    }
+    for w in whiteouts {
+        remove_below(merged, &w, true);
+    }
+    for (path, entry, pos) in adds {
+        if entry.kind != Kind::Dir {
+            remove_below(merged, &path, false);
+        }
+        let (l, i) = decode_pos(pos);
+        merged.insert(path, (entry, l, i));
+    }
 }
 
 /// Normalises a path from a tar header: relative, no `.` or empty components; `None` when it

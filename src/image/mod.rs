@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 mod containerd;
 mod directory;
+mod layer_cache;
 mod layers;
 mod oci;
 pub mod release;
@@ -117,6 +118,8 @@ enum Backend {
         prefix: String,
         /// `image.max_layer_bytes`: the most one layer may unpack to.
         max_layer_bytes: u64,
+        /// What each layer chain contributed, in `state_dir/layers` (`None`: off).
+        cache: Option<layer_cache::LayerCache>,
     },
 }
 
@@ -277,6 +280,7 @@ impl Image {
             layers,
             prefix,
             max_layer_bytes,
+            cache,
         } = &self.backend
         else {
             unreachable!("directory images carry their tree")
@@ -286,7 +290,7 @@ impl Image {
             layers,
             prefix,
             &self.reference,
-            *max_layer_bytes,
+            (*max_layer_bytes, cache.as_ref()),
             &mut self.winners,
             notes,
         )

@@ -223,6 +223,7 @@ pub(super) fn open_layered(
             layers,
             prefix,
             max_layer_bytes: cfg.image.max_layer_bytes,
+            cache: super::layer_cache::LayerCache::new(&cfg.state_dir, cfg.image.layer_cache_bytes),
         },
         winners: HashMap::new(),
         tree_cache: None,

@@ -8,6 +8,7 @@ mod support;
 mod cli;
 mod group;
 mod hostile;
+mod image;
 mod layout;
 mod node;
 mod packaging;
