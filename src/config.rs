@@ -94,6 +94,11 @@ pub struct Image {
     pub pull: bool,
     /// The longest one pull may take, 1..=3600.
     pub pull_timeout_seconds: u64,
+    /// The most bytes one layer may unpack to: a decompression bomb stops here, with an error.
+    pub max_layer_bytes: u64,
+    /// The bound of `state_dir/layers` (what each layer chain contributed to the tree, so a new
+    /// image that shares lower layers reads only its new ones); 0 turns it off.
+    pub layer_cache_bytes: u64,
 }
 
 /// The Kubernetes objects `render` writes (the service side of the switch).
@@ -155,6 +160,9 @@ impl Default for Service {
         }
     }
 }
+
+/// The default of `image.max_layer_bytes`: 64 GiB, far above a MediaWiki layer (a few GiB).
+pub const DEFAULT_MAX_LAYER_BYTES: u64 = 64 << 30;
 
 impl Default for Config {
     fn default() -> Self {
@@ -222,6 +230,8 @@ impl Default for Image {
             release_key: "main_app.image".into(),
             pull: true,
             pull_timeout_seconds: 600,
+            max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
+            layer_cache_bytes: 2 << 30,
         }
     }
 }
@@ -428,6 +438,12 @@ impl Config {
             p.push(format!(
                 "image.repository: {:?} is not an image repository (name without tag)",
                 self.image.repository
+            ));
+        }
+        if self.image.max_layer_bytes < 1 << 20 {
+            p.push(format!(
+                "image.max_layer_bytes: {} is below 1048576 (1 MiB); give the most bytes one layer may unpack to",
+                self.image.max_layer_bytes
             ));
         }
         self.image_and_service_problems(&mut p);

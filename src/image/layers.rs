@@ -3,10 +3,14 @@
 //! below `image.path`; and the chosen files' contents streamed back out of the layers. Tar
 //! entries are data: an entry whose path climbs out with `..` or is not UTF-8, a hard link to
 //! anything but a file of the tree, a device or fifo, or an entry below a symlink or a file is
-//! dropped and reported. It must never produce a path outside the tree, and never touch the
-//! disk (nothing is unpacked; `sync` does the writing).
+//! dropped and reported. Every layer is read whole and checked against its digest before its
+//! tree is used, and stopped at `image.max_layer_bytes` unpacked. It must never produce a path
+//! outside the tree, and never write to the disk (nothing is unpacked; `sync` does the
+//! writing) except the layer cache (`layer_cache`): a layer chain parsed before is not read again.
 
+use super::layer_cache::LayerCache;
 use super::oci::Store;
+use super::verify::Limited;
 use super::{clean_mode, Entry, Kind, Tree};
 use crate::fs::at;
 use anyhow::{bail, Context, Result};
@@ -15,11 +19,13 @@ use std::io::Read;
 
 /// The code tree (below `prefix`) of the merged layers. Report lines for anything dropped go to
 /// `notes`; `winners` gets, for each file, where its content is: (layer, entry index in the tar).
+/// Each layer stops at the given unpacked size; the cache (if any) spares re-reading a layer chain.
 pub(super) fn tree(
     store: &Store,
     layers: &[(String, String)],
     prefix: &str,
     reference: &str,
+    (max_layer_bytes, cache): (u64, Option<&LayerCache>),
     winners: &mut HashMap<String, (usize, u64)>,
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
@@ -27,138 +33,154 @@ pub(super) fn tree(
     let mut merged: BTreeMap<String, (Entry, usize, u64)> = BTreeMap::new();
     let under = |p: &str| prefix.is_empty() || p == prefix || p.starts_with(&format!("{prefix}/"));
     for (li, (digest, mt)) in layers.iter().enumerate() {
-        let r = decompress(mt, store.open(digest)?)?;
+        let key = cache.map(|c| (c, LayerCache::key(prefix, &layers[..=li])));
+        if let Some(p) = key.as_ref().and_then(|(c, k)| c.load(k)) {
+            log::debug!("layer {digest}: from the layer cache");
+            notes.extend(p.notes);
+            merge(&mut merged, p.opaque, p.whiteouts, p.adds);
+            continue;
+        }
+        let notes_before = notes.len();
+        let (raw, verified) = store.open_verified(digest)?;
+        let r = Limited::new(decompress(mt, raw)?, max_layer_bytes, digest);
         let mut ar = tar::Archive::new(r);
         let mut adds: Vec<(String, Entry, u64)> = Vec::new();
         let mut whiteouts = Vec::new();
         let mut opaque = Vec::new();
-        let entries = ar
-            .entries()
-            .with_context(|| format!("reading the layer {digest}"))?;
-        for (ei, e) in entries.enumerate() {
-            let mut e = e.with_context(|| format!("reading the layer {digest}"))?;
-            let raw = e.path_bytes().into_owned();
-            let Some(path) = normalize(&raw) else {
-                notes.push(format!(
-                    "image: dropped the entry {:?} in layer {digest}: it climbs out with '..' or is not UTF-8",
-                    String::from_utf8_lossy(&raw)
-                ));
-                continue;
-            };
-            if path.is_empty() {
-                continue;
-            }
-            let (parent, name) = at::split(&path);
-            if name == ".wh..wh..opq" {
-                opaque.push(parent.to_string());
-                continue;
-            }
-            if let Some(hidden) = name.strip_prefix(".wh.") {
-                whiteouts.push(if parent.is_empty() {
-                    hidden.to_string()
-                } else {
-                    format!("{parent}/{hidden}")
-                });
-                continue;
-            }
-            let h = e.header().clone();
-            let raw_mode = h.mode().unwrap_or(0o644);
-            let mtime = h.mtime().unwrap_or(0) as i64;
-            let et = h.entry_type();
-            let entry = if et.is_dir() {
-                Entry {
-                    kind: Kind::Dir,
-                    mode: clean_mode(Kind::Dir, raw_mode),
-                    size: 0,
-                    mtime,
-                    mtime_nsec: 0,
-                    hash: None,
-                    target: None,
-                }
-            } else if et.is_symlink() {
-                let t = e
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                if t.is_empty() {
+        // A damaged or tampered blob reports its digest mismatch, not whatever the tar parser
+        // tripped over first.
+        let parsed = (|| -> Result<()> {
+            let entries = ar
+                .entries()
+                .with_context(|| format!("reading the layer {digest}"))?;
+            for (ei, e) in entries.enumerate() {
+                let mut e = e.with_context(|| format!("reading the layer {digest}"))?;
+                let raw = e.path_bytes().into_owned();
+                let Some(path) = normalize(&raw) else {
+                    notes.push(format!(
+                        "image: dropped the entry {:?} in layer {digest}: it climbs out with '..' or is not UTF-8",
+                        String::from_utf8_lossy(&raw)
+                    ));
+                    continue;
+                };
+                if path.is_empty() {
                     continue;
                 }
-                Entry {
-                    kind: Kind::Symlink,
-                    mode: 0o777,
-                    size: 0,
-                    mtime,
-                    mtime_nsec: 0,
-                    hash: None,
-                    target: Some(t),
+                let (parent, name) = at::split(&path);
+                if name == ".wh..wh..opq" {
+                    opaque.push(parent.to_string());
+                    continue;
                 }
-            } else if et.is_hard_link() {
-                // Same content as an earlier entry: copy that entry (as a separate file).
-                let t = e.link_name_bytes().and_then(|b| normalize(&b));
-                let src = t.and_then(|t| {
-                    adds.iter()
-                        .rev()
-                        .find(|a| a.0 == t)
-                        .map(|a| (a.1.clone(), a.2))
-                        .or_else(|| {
-                            merged
-                                .get(&t)
-                                .map(|(e, l, i)| (e.clone(), encode_pos(*l, *i)))
-                        })
-                });
-                match src {
-                    Some((src, pos))
-                        if src.kind == Kind::File && (src.hash.is_some() || !under(&path)) =>
-                    {
-                        adds.push((path, Entry { mtime, ..src }, pos));
+                if let Some(hidden) = name.strip_prefix(".wh.") {
+                    whiteouts.push(if parent.is_empty() {
+                        hidden.to_string()
+                    } else {
+                        format!("{parent}/{hidden}")
+                    });
+                    continue;
+                }
+                let h = e.header().clone();
+                let raw_mode = h.mode().unwrap_or(0o644);
+                let mtime = h.mtime().unwrap_or(0) as i64;
+                let et = h.entry_type();
+                let entry = if et.is_dir() {
+                    Entry {
+                        kind: Kind::Dir,
+                        mode: clean_mode(Kind::Dir, raw_mode),
+                        size: 0,
+                        mtime,
+                        mtime_nsec: 0,
+                        hash: None,
+                        target: None,
                     }
-                    _ => notes.push(format!(
-                        "image: dropped the hard link {path:?}: its target is not a file of the tree"
-                    )),
-                }
-                continue;
-            } else if et.is_file() {
-                let hash = if under(&path) {
-                    let mut hs = blake3::Hasher::new();
-                    std::io::copy(&mut e, &mut hs)
-                        .with_context(|| format!("reading {path:?} in the layer {digest}"))?;
-                    Some(*hs.finalize().as_bytes())
+                } else if et.is_symlink() {
+                    let t = e
+                        .link_name_bytes()
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .unwrap_or_default();
+                    if t.is_empty() {
+                        continue;
+                    }
+                    Entry {
+                        kind: Kind::Symlink,
+                        mode: 0o777,
+                        size: 0,
+                        mtime,
+                        mtime_nsec: 0,
+                        hash: None,
+                        target: Some(t),
+                    }
+                } else if et.is_hard_link() {
+                    // Same content as an earlier entry: copy that entry (as a separate file).
+                    let t = e.link_name_bytes().and_then(|b| normalize(&b));
+                    let src = t.and_then(|t| {
+                        adds.iter()
+                            .rev()
+                            .find(|a| a.0 == t)
+                            .map(|a| (a.1.clone(), a.2))
+                            .or_else(|| {
+                                merged
+                                    .get(&t)
+                                    .map(|(e, l, i)| (e.clone(), encode_pos(*l, *i)))
+                            })
+                    });
+                    match src {
+                        Some((src, pos))
+                            if src.kind == Kind::File && (src.hash.is_some() || !under(&path)) =>
+                        {
+                            adds.push((path, Entry { mtime, ..src }, pos));
+                        }
+                        _ => notes.push(format!(
+                            "image: dropped the hard link {path:?}: its target is not a file of the tree"
+                        )),
+                    }
+                    continue;
+                } else if et.is_file() {
+                    let hash = if under(&path) {
+                        let mut hs = blake3::Hasher::new();
+                        std::io::copy(&mut e, &mut hs)
+                            .with_context(|| format!("reading {path:?} in the layer {digest}"))?;
+                        Some(*hs.finalize().as_bytes())
+                    } else {
+                        None
+                    };
+                    Entry {
+                        kind: Kind::File,
+                        mode: clean_mode(Kind::File, raw_mode),
+                        size: h.size().unwrap_or(0),
+                        mtime,
+                        mtime_nsec: 0,
+                        hash,
+                        target: None,
+                    }
                 } else {
-                    None
+                    if under(&path) {
+                        notes.push(format!(
+                            "image: skipped {path:?}: a device, fifo or other special file"
+                        ));
+                    }
+                    continue;
                 };
-                Entry {
-                    kind: Kind::File,
-                    mode: clean_mode(Kind::File, raw_mode),
-                    size: h.size().unwrap_or(0),
-                    mtime,
-                    mtime_nsec: 0,
-                    hash,
-                    target: None,
-                }
-            } else {
-                if under(&path) {
-                    notes.push(format!(
-                        "image: skipped {path:?}: a device, fifo or other special file"
-                    ));
-                }
-                continue;
-            };
-            adds.push((path, entry, encode_pos(li, ei as u64)));
-        }
-        // Whiteouts hide what the lower layers had; this layer's own entries stay.
-        for d in opaque {
-            remove_below(&mut merged, &d, false);
-        }
-        for w in whiteouts {
-            remove_below(&mut merged, &w, true);
-        }
-        for (path, entry, pos) in adds {
-            if entry.kind != Kind::Dir {
-                remove_below(&mut merged, &path, false);
+                adds.push((path, entry, encode_pos(li, ei as u64)));
             }
-            let (l, i) = decode_pos(pos);
-            merged.insert(path, (entry, l, i));
+            Ok(())
+        })();
+        if let Err(e) = parsed {
+            std::io::copy(&mut ar.into_inner(), &mut std::io::sink())
+                .with_context(|| format!("reading the layer {digest}"))?;
+            return Err(e);
         }
+        // Read the layer to its last byte (tar padding, the compressed stream's end) so its
+        // digest is checked before anything of it is used.
+        std::io::copy(&mut ar.into_inner(), &mut std::io::sink())
+            .with_context(|| format!("reading the layer {digest}"))?;
+        if !verified.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!("the layer {digest} was not read to its end, so its digest is unverified: it has data after its compressed stream");
+        }
+        if let Some((c, k)) = &key {
+            c.store(k, &adds, &whiteouts, &opaque, &notes[notes_before..]);
+        }
+        merge(&mut merged, opaque, whiteouts, adds);
     }
     // The tree root must be a real directory all the way down in the image.
     if !prefix.is_empty() {
@@ -243,6 +265,7 @@ pub(super) fn fetch(
     store: &Store,
     layers: &[(String, String)],
     winners: &HashMap<String, (usize, u64)>,
+    max_layer_bytes: u64,
     wanted: &[String],
     f: &mut dyn FnMut(&str, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
@@ -258,7 +281,12 @@ pub(super) fn fetch(
         if by_pos.range((li, 0)..=(li, u64::MAX)).next().is_none() {
             continue;
         }
-        let mut ar = tar::Archive::new(decompress(mt, store.open(digest)?)?);
+        let r = Limited::new(
+            decompress(mt, store.open(digest)?)?,
+            max_layer_bytes,
+            digest,
+        );
+        let mut ar = tar::Archive::new(r);
         for (ei, e) in ar.entries()?.enumerate() {
             let mut e = e.with_context(|| format!("reading the layer {digest}"))?;
             let Some(paths) = by_pos.get(&(li, ei as u64)) else {
@@ -276,6 +304,29 @@ pub(super) fn fetch(
         }
     }
     Ok(())
+}
+
+/// Puts one layer over the merged tree: whiteouts hide what the lower layers had; this layer's
+/// own entries stay.
+fn merge(
+    merged: &mut BTreeMap<String, (Entry, usize, u64)>,
+    opaque: Vec<String>,
+    whiteouts: Vec<String>,
+    adds: Vec<(String, Entry, u64)>,
+) {
+    for d in opaque {
+        remove_below(merged, &d, false);
+    }
+    for w in whiteouts {
+        remove_below(merged, &w, true);
+    }
+    for (path, entry, pos) in adds {
+        if entry.kind != Kind::Dir {
+            remove_below(merged, &path, false);
+        }
+        let (l, i) = decode_pos(pos);
+        merged.insert(path, (entry, l, i));
+    }
 }
 
 /// Normalises a path from a tar header: relative, no `.` or empty components; `None` when it

@@ -31,10 +31,12 @@ use std::path::{Path, PathBuf};
 
 mod containerd;
 mod directory;
+mod layer_cache;
 mod layers;
 mod oci;
 pub mod release;
 pub mod tag;
+mod verify;
 
 pub use tag::parse_publish_tag;
 
@@ -114,6 +116,10 @@ enum Backend {
         store: oci::Store,
         layers: Vec<(String, String)>,
         prefix: String,
+        /// `image.max_layer_bytes`: the most one layer may unpack to.
+        max_layer_bytes: u64,
+        /// What each layer chain contributed, in `state_dir/layers` (`None`: off).
+        cache: Option<layer_cache::LayerCache>,
     },
 }
 
@@ -273,6 +279,8 @@ impl Image {
             store,
             layers,
             prefix,
+            max_layer_bytes,
+            cache,
         } = &self.backend
         else {
             unreachable!("directory images carry their tree")
@@ -282,6 +290,7 @@ impl Image {
             layers,
             prefix,
             &self.reference,
+            (*max_layer_bytes, cache.as_ref()),
             &mut self.winners,
             notes,
         )
@@ -306,9 +315,12 @@ impl Image {
             Backend::Directory { root, location } => {
                 directory::fetch(root.as_fd(), location, wanted, f)
             }
-            Backend::Layers { store, layers, .. } => {
-                layers::fetch(store, layers, &self.winners, wanted, f)
-            }
+            Backend::Layers {
+                store,
+                layers,
+                max_layer_bytes,
+                ..
+            } => layers::fetch(store, layers, &self.winners, *max_layer_bytes, wanted, f),
         }
     }
 

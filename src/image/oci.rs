@@ -2,8 +2,11 @@
 //! image layout, or containerd's content store through `ctr`), the index, manifest and config
 //! JSON, the candidates a store has of the repository, and opening one as a layered [`Image`].
 //! It only reads: it must never write to a store, never take a file name from a blob except a
-//! checked `algorithm:hex` digest, and never read more than 16 MiB of a JSON blob.
+//! checked `algorithm:hex` digest, never read more than 16 MiB of a JSON blob, and never use a
+//! blob's bytes before they were checked against its digest (JSON: before parsing; layers: see
+//! `layers`).
 
+use super::verify::{read_small, Verified};
 use super::{containerd, parse_publish_tag, Backend, Candidate, Image};
 use crate::config::{Config, ImageSource};
 use anyhow::{bail, Context, Result};
@@ -40,8 +43,22 @@ impl Store {
         }
     }
 
-    /// A blob's bytes, streamed.
+    /// A blob's bytes, streamed; reading past its end fails if they do not match `digest`.
     pub(super) fn open(&self, digest: &str) -> Result<Box<dyn Read>> {
+        Ok(self.open_verified(digest)?.0)
+    }
+
+    /// [`Store::open`], with a flag that is set once the whole blob was read and matched.
+    pub(super) fn open_verified(
+        &self,
+        digest: &str,
+    ) -> Result<(Box<dyn Read>, std::sync::Arc<std::sync::atomic::AtomicBool>)> {
+        let raw = self.open_raw(digest)?;
+        let (v, ok) = Verified::new(raw, digest)?;
+        Ok((Box::new(v), ok))
+    }
+
+    fn open_raw(&self, digest: &str) -> Result<Box<dyn Read>> {
         let (alg, hex) = check_digest(digest)?;
         match self {
             Store::OciLayout(dir) => {
@@ -57,10 +74,7 @@ impl Store {
     }
 
     fn json(&self, digest: &str) -> Result<Value> {
-        let mut buf = Vec::new();
-        self.open(digest)?
-            .take(16 << 20)
-            .read_to_end(&mut buf)
+        let buf = read_small(self.open_raw(digest)?, digest, 16 << 20)
             .with_context(|| format!("reading the blob {digest} from {}", self.describe()))?;
         serde_json::from_slice(&buf)
             .with_context(|| format!("parsing the blob {digest} from {} as JSON", self.describe()))
@@ -208,6 +222,8 @@ pub(super) fn open_layered(
             store,
             layers,
             prefix,
+            max_layer_bytes: cfg.image.max_layer_bytes,
+            cache: super::layer_cache::LayerCache::new(&cfg.state_dir, cfg.image.layer_cache_bytes),
         },
         winners: HashMap::new(),
         tree_cache: None,

@@ -28,7 +28,9 @@ pub fn diff(
 ) -> Result<(String, bool)> {
     let scope = scope_of(cfg, paths)?;
     let manifest = Manifest::read(cfg)?;
-    if manifest.entries.is_empty() {
+    // The last sync's record says whether the tree was synced: an image with nothing at
+    // `image.path` leaves an empty manifest, and the tree then still has edits to list.
+    if manifest.entries.is_empty() && LastSync::read(cfg)?.is_none() {
         bail!(
             "diff: the tree {} was never synced (no manifest in {}); run `mw-experimental sync` first",
             cfg.code.path.display(),

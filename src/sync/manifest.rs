@@ -153,33 +153,7 @@ impl Manifest {
             if line.starts_with('#') || line.is_empty() {
                 continue;
             }
-            let parse = || -> Option<(String, MEntry)> {
-                let mut f = [""; 10];
-                let mut it = line.split('\t');
-                for slot in f.iter_mut() {
-                    *slot = it.next()?;
-                }
-                if it.next().is_some() {
-                    return None;
-                }
-                let (mt, mn) = f[4].split_once('.')?;
-                Some((
-                    unesc(f[0]),
-                    MEntry {
-                        e: Entry {
-                            kind: Kind::from_letter(f[1])?,
-                            mode: u32::from_str_radix(f[2], 8).ok()?,
-                            size: f[3].parse().ok()?,
-                            mtime: mt.parse().ok()?,
-                            mtime_nsec: mn.parse().ok()?,
-                            hash: unhex(f[5]),
-                            target: (!f[6].is_empty()).then(|| unesc(f[6])),
-                        },
-                        live: (f[7].parse().ok()?, f[8].parse().ok()?, f[9].parse().ok()?),
-                    },
-                ))
-            };
-            let (k, v) = parse().with_context(|| {
+            let (k, v) = parse_line(line).with_context(|| {
                 format!(
                     "the manifest {} line {} is damaged; move it away and run `sync --force` (edits are backed up)",
                     p.display(),
@@ -198,21 +172,7 @@ impl Manifest {
         s.push_str(Self::HEADER);
         s.push('\n');
         for (p, m) in &self.entries {
-            esc(p, &mut s);
-            let _ = write!(
-                s,
-                "\t{}\t{:o}\t{}\t{}.{}\t{}\t",
-                m.e.kind.letter(),
-                m.e.mode,
-                m.e.size,
-                m.e.mtime,
-                m.e.mtime_nsec,
-                m.e.hash.as_ref().map(hex).unwrap_or_else(|| "-".into())
-            );
-            if let Some(t) = &m.e.target {
-                esc(t, &mut s);
-            }
-            let _ = writeln!(s, "\t{}\t{}\t{}", m.live.0, m.live.1, m.live.2);
+            line(p, m, &mut s);
         }
         // Temp file and rename (a killed run leaves the old manifest whole). No fsync: after a
         // power cut an old or empty manifest only makes the next sync compare content (live
@@ -225,4 +185,61 @@ impl Manifest {
         }
         r.with_context(|| format!("writing the manifest {}", path.display()))
     }
+}
+
+/// One manifest line (with its newline): also the form of a journaled intent.
+pub(super) fn line(p: &str, m: &MEntry, s: &mut String) {
+    esc(p, s);
+    let _ = write!(
+        s,
+        "\t{}\t{:o}\t{}\t{}.{}\t{}\t",
+        m.e.kind.letter(),
+        m.e.mode,
+        m.e.size,
+        m.e.mtime,
+        m.e.mtime_nsec,
+        m.e.hash.as_ref().map(hex).unwrap_or_else(|| "-".into())
+    );
+    if let Some(t) = &m.e.target {
+        esc(t, s);
+    }
+    let _ = writeln!(s, "\t{}\t{}\t{}", m.live.0, m.live.1, m.live.2);
+}
+
+/// Parses what [`line`] wrote (without the newline); `None` when it is damaged.
+pub(super) fn parse_line(line: &str) -> Option<(String, MEntry)> {
+    let mut f = [""; 10];
+    let mut it = line.split('\t');
+    for slot in f.iter_mut() {
+        *slot = it.next()?;
+    }
+    if it.next().is_some() {
+        return None;
+    }
+    let (mt, mn) = f[4].split_once('.')?;
+    let path = unesc(f[0]);
+    if !is_tree_path(&path) {
+        return None;
+    }
+    Some((
+        path,
+        MEntry {
+            e: Entry {
+                kind: Kind::from_letter(f[1])?,
+                mode: u32::from_str_radix(f[2], 8).ok()?,
+                size: f[3].parse().ok()?,
+                mtime: mt.parse().ok()?,
+                mtime_nsec: mn.parse().ok()?,
+                hash: unhex(f[5]),
+                target: (!f[6].is_empty()).then(|| unesc(f[6])),
+            },
+            live: (f[7].parse().ok()?, f[8].parse().ok()?, f[9].parse().ok()?),
+        },
+    ))
+}
+
+/// A path of the tree as the manifest and the journal hold it: relative, no empty, `.` or `..`
+/// component. Anything else in those files is damage, never a path to open.
+pub(super) fn is_tree_path(p: &str) -> bool {
+    !p.is_empty() && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }

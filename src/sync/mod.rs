@@ -133,10 +133,11 @@ pub fn apply(cfg: &Config) -> Result<ComponentPlan> {
 pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
     let started = Instant::now();
     let dir = sync_dir(cfg);
+    let mut interrupted = false;
     if !opts.dry_run {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating the sync state directory {}", dir.display()))?;
-        recover(cfg)?;
+        interrupted = recover(cfg)?;
     }
     let last = LastSync::read(cfg)?;
     let (mut img, release) = image::wanted_present(cfg, !opts.dry_run)?;
@@ -150,7 +151,8 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
         started.elapsed().as_secs_f64()
     );
     if let Some(l) = &last {
-        if l.digest == img.digest && !opts.force {
+        // After an interrupted run the tree may be between two images: always go through it.
+        if l.digest == img.digest && !opts.force && !interrupted {
             log::info!(
                 "{} was synced at {}: nothing to do",
                 l.reference,

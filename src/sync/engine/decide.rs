@@ -121,6 +121,7 @@ impl Engine<'_> {
                     } else {
                         AtFlags::empty()
                     };
+                    self.journal_intent(p, None)?;
                     match rustix::fs::unlinkat(d, name, flags) {
                         Ok(()) => {
                             if lk == Kind::Dir {
@@ -152,6 +153,7 @@ impl Engine<'_> {
                 if live_kind != Some(Kind::Dir)
                     || !matches!(at::lstat_at(d, name)?, Some(ref s) if kind_of(s) == Some(Kind::Dir))
                 {
+                    self.journal_intent(p, Some(&e))?;
                     match rustix::fs::mkdirat(d, name, Mode::from_raw_mode(e.mode & 0o777)) {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(err) => {
@@ -170,6 +172,7 @@ impl Engine<'_> {
                 rustix::fs::symlinkat(target.as_str(), d, tmp.as_str())
                     .with_context(|| format!("creating the symlink {p}"))?;
                 self.step();
+                self.journal_intent(p, Some(&e))?;
                 rustix::fs::renameat(d, tmp.as_str(), d, name)
                     .with_context(|| format!("renaming the symlink into place at {p}"))?;
                 self.step();

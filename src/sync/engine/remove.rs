@@ -59,6 +59,7 @@ impl Engine<'_> {
         } else {
             AtFlags::empty()
         };
+        self.journal_intent(p, None)?;
         match rustix::fs::unlinkat(d, name, flags) {
             Ok(()) => {
                 self.count("deleted");

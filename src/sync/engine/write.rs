@@ -9,7 +9,7 @@ use super::Engine;
 use crate::fs::at::{self, DirCache, Opened};
 use crate::image::Entry;
 use crate::sync::live::quick;
-use crate::sync::manifest::{esc, MEntry};
+use crate::sync::manifest::{esc, line, MEntry};
 use anyhow::{bail, Context, Result};
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -39,6 +39,34 @@ impl Engine<'_> {
             esc(tmp, &mut line);
             line.push('\n');
             j.write_all(line.as_bytes())
+                .context("writing the sync journal")?;
+        }
+        Ok(())
+    }
+
+    /// Journals what the next step puts at `p` (`None`: removes it), before the step, so that
+    /// the next run's recovery can record in the manifest whatever a killed run had done. (Its
+    /// manifest still has the old entries; a later image that equals them would otherwise
+    /// leave the half-done paths as they are, and `diff` would call them edits.)
+    pub(super) fn journal_intent(&mut self, p: &str, e: Option<&Entry>) -> Result<()> {
+        if let Some(j) = &mut self.journal {
+            let mut s = String::new();
+            match e {
+                Some(e) => {
+                    s.push_str("set\t");
+                    let m = MEntry {
+                        e: e.clone(),
+                        live: (0, 0, 0),
+                    };
+                    line(p, &m, &mut s);
+                }
+                None => {
+                    s.push_str("del\t");
+                    esc(p, &mut s);
+                    s.push('\n');
+                }
+            }
+            j.write_all(s.as_bytes())
                 .context("writing the sync journal")?;
         }
         Ok(())
@@ -162,6 +190,7 @@ impl Engine<'_> {
             Opened::Dir(d) => d,
             _ => bail!("the directory of {p} vanished while syncing"),
         };
+        self.journal_intent(p, Some(&e))?;
         match &tmp {
             None => match rustix::fs::linkat(&f, "", d, name, AtFlags::EMPTY_PATH) {
                 Ok(()) => {}
