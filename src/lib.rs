@@ -15,6 +15,7 @@ pub mod logging;
 pub mod plan;
 pub mod progress;
 pub mod state;
+pub mod tsv;
 
 // Capabilities: one thing the node can do (look up accounts, apply the permission policy to an
 // entry, read an image, sync a tree, run kubectl, render the workload, build the fact, write

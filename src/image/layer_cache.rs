@@ -13,6 +13,7 @@
 //! depends on, and files are written whole under a temporary name, then renamed).
 
 use super::{Entry, Kind};
+use crate::tsv::{esc, unesc};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -31,35 +32,6 @@ pub(super) struct Parsed {
     pub(super) whiteouts: Vec<String>,
     pub(super) opaque: Vec<String>,
     pub(super) notes: Vec<String>,
-}
-
-fn esc(s: &str, out: &mut String) {
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-fn unesc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c == '\\' {
-            match it.next() {
-                Some('t') => out.push('\t'),
-                Some('n') => out.push('\n'),
-                Some(c) => out.push(c),
-                None => {}
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// A relative path with no empty, `.` or `..` component (what the tar reader produces).

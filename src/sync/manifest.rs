@@ -8,6 +8,7 @@
 use super::sync_dir;
 use crate::config::Config;
 use crate::image::{Entry, Kind};
+use crate::tsv::{esc, unesc};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -72,42 +73,6 @@ pub(super) struct MEntry {
 #[derive(Clone, Debug, Default)]
 pub(super) struct Manifest {
     pub(super) entries: BTreeMap<String, MEntry>,
-}
-
-pub(super) fn esc(s: &str, out: &mut String) {
-    if !s.bytes().any(|b| b == b'\\' || b == b'\t' || b == b'\n') {
-        out.push_str(s);
-        return;
-    }
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-pub(super) fn unesc(s: &str) -> String {
-    if !s.contains('\\') {
-        return s.to_string();
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c == '\\' {
-            match it.next() {
-                Some('t') => out.push('\t'),
-                Some('n') => out.push('\n'),
-                Some(c) => out.push(c),
-                None => {}
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn hex(h: &[u8; 32]) -> String {

@@ -10,11 +10,12 @@
 //! an edit), nor follow a symlink on the way there.
 
 use super::live::{equals_manifest, kind_of, quick};
-use super::manifest::{is_tree_path, parse_line, unesc, Manifest};
+use super::manifest::{is_tree_path, parse_line, Manifest};
 use super::sync_dir;
 use crate::config::Config;
 use crate::fs::at::{self, DirCache, Opened};
 use crate::image::Kind;
+use crate::tsv::unesc;
 use anyhow::{Context, Result};
 use rustix::fs::AtFlags;
 

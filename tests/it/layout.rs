@@ -20,6 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "config",
             "plan",
             "state",
+            "tsv",
             "fs",
             "progress",
         ],
