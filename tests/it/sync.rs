@@ -2,10 +2,11 @@
 //! nothing outside the tree is ever touched, and a killed run is completed by the next.
 
 use crate::support::containerd::Containerd;
+use crate::support::oci::{put, Layout};
 use crate::support::*;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const REPO: &str = "docker-registry.discovery.wmnet/restricted/mediawiki-multiversion";
@@ -50,57 +51,10 @@ fn snapshot(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
-fn put(root: &Path, rel: &str, content: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, content).unwrap();
-}
-
 fn link(root: &Path, rel: &str, target: &str) {
     let p = root.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(target, p).unwrap();
-}
-
-/// An OCI image layout built offline with umoci.
-struct Layout {
-    dir: PathBuf,
-    work: PathBuf,
-}
-
-impl Layout {
-    fn new(parent: &Path) -> Layout {
-        let dir = parent.join("layout");
-        sh(Command::new("umoci").arg("init").arg("--layout").arg(&dir));
-        Layout {
-            dir,
-            work: parent.to_path_buf(),
-        }
-    }
-
-    /// Tags `tag`: `base`'s tree (or an empty one) changed by `f` on its root file system.
-    fn image(&self, tag: &str, base: Option<&str>, f: impl FnOnce(&Path)) {
-        let bundle = self.work.join(unique("bundle"));
-        let from = base.unwrap_or(tag);
-        if base.is_none() {
-            sh(Command::new("umoci")
-                .arg("new")
-                .arg("--image")
-                .arg(format!("{}:{tag}", self.dir.display())));
-        }
-        sh(Command::new("umoci")
-            .arg("unpack")
-            .arg("--image")
-            .arg(format!("{}:{from}", self.dir.display()))
-            .arg(&bundle));
-        f(&bundle.join("rootfs"));
-        sh(Command::new("umoci")
-            .arg("repack")
-            .arg("--image")
-            .arg(format!("{}:{tag}", self.dir.display()))
-            .arg(&bundle));
-        std::fs::remove_dir_all(&bundle).unwrap();
-    }
 }
 
 fn tree_of_v1(root: &Path) {
