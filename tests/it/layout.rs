@@ -227,6 +227,29 @@ fn fs_and_image_never_reach_up() {
     }
 }
 
+/// A file over 500 lines says why in its `//!` paragraph.
+#[test]
+fn long_files_say_why() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut silent = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let head: String = text
+            .lines()
+            .take_while(|l| l.starts_with("//!") || l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if text.lines().count() > 500 && !head.contains("500 lines") {
+            silent.push(f.strip_prefix(src()).unwrap().display().to_string());
+        }
+    }
+    assert!(
+        silent.is_empty(),
+        "over 500 lines with no reason in the //! paragraph: {silent:?}"
+    );
+}
+
 /// The walk's directory opens: `O_DIRECTORY` (and the flag set that carries it) appears in
 /// exactly one file outside tests, `src/fs/at.rs`, and every directory below a root is opened
 /// by `open_dir_at` there.
