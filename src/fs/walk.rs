@@ -31,7 +31,7 @@ use rustix::io::Errno;
 use std::ffi::{CStr, CString};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// A hook called with a directory's relative path just before it is opened (tests use it to
@@ -309,10 +309,13 @@ impl Walk<'_> {
         let shared = Shared {
             walk: self,
             dev,
+            threads,
             queue: Mutex::new(Queue {
                 stack: Vec::new(),
-                active: 0,
+                idle: 0,
+                done: false,
             }),
+            idle_hint: AtomicUsize::new(0),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             error: Mutex::new(None),
@@ -352,15 +355,22 @@ struct Item {
     rel: String,
 }
 
+/// The shared part of the pending directories: a worker works through its own stack and puts
+/// half of it here only when another worker is idle (few wake-ups, no lock per directory).
 struct Queue {
     stack: Vec<Item>,
-    active: usize,
+    /// Workers waiting for work; all of them with an empty queue means the walk is done.
+    idle: usize,
+    done: bool,
 }
 
 struct Shared<'w, 'a> {
     walk: &'w Walk<'a>,
     dev: u64,
+    threads: usize,
     queue: Mutex<Queue>,
+    /// `queue.idle`, readable without the lock: whether to share work.
+    idle_hint: AtomicUsize,
     wake: Condvar,
     stop: AtomicBool,
     error: Mutex<Option<anyhow::Error>>,
@@ -421,39 +431,53 @@ impl Shared<'_, '_> {
 
     fn worker(&self, v: &mut dyn Visitor) {
         let mut buf = vec![MaybeUninit::<u8>::uninit(); BUF];
+        // Depth-first through this worker's own stack (LIFO keeps open descriptors bounded by
+        // depth); the shared queue only when it runs dry.
+        let mut local: Vec<Item> = Vec::new();
         loop {
-            let item = {
-                let mut q = self.queue.lock().unwrap();
-                loop {
-                    if self.stop.load(Ordering::Relaxed) {
-                        return;
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let item = match local.pop() {
+                Some(it) => it,
+                None => {
+                    let mut q = self.queue.lock().unwrap();
+                    loop {
+                        if q.done || self.stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        if let Some(it) = q.stack.pop() {
+                            break it;
+                        }
+                        q.idle += 1;
+                        self.idle_hint.store(q.idle, Ordering::Relaxed);
+                        if q.idle == self.threads {
+                            q.done = true;
+                            self.wake.notify_all();
+                            return;
+                        }
+                        q = self.wake.wait(q).unwrap();
+                        q.idle -= 1;
+                        self.idle_hint.store(q.idle, Ordering::Relaxed);
                     }
-                    if let Some(it) = q.stack.pop() {
-                        q.active += 1;
-                        break it;
-                    }
-                    if q.active == 0 {
-                        return;
-                    }
-                    q = self.wake.wait(q).unwrap();
                 }
             };
-            let subs = match self.one(v, &mut buf, item) {
-                Ok(s) => s,
+            match self.one(v, &mut buf, item) {
+                Ok(subs) => local.extend(subs),
                 Err(e) => {
                     self.error.lock().unwrap().get_or_insert(e);
+                    let _q = self.queue.lock().unwrap();
                     self.stop.store(true, Ordering::Relaxed);
-                    Vec::new()
+                    self.wake.notify_all();
+                    return;
                 }
-            };
-            let mut q = self.queue.lock().unwrap();
-            q.active -= 1;
-            let n = subs.len();
-            q.stack.extend(subs);
-            if n > 1 || q.active == 0 || self.stop.load(Ordering::Relaxed) {
+            }
+            if self.idle_hint.load(Ordering::Relaxed) > 0 && local.len() > 1 {
+                // The oldest (shallowest, so largest) half goes to the idle workers.
+                let give: Vec<Item> = local.drain(..local.len() / 2).collect();
+                let mut q = self.queue.lock().unwrap();
+                q.stack.extend(give);
                 self.wake.notify_all();
-            } else if n == 1 {
-                self.wake.notify_one();
             }
         }
     }
