@@ -20,7 +20,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A child process killed (and reaped) on drop; its log is a file next to its config.
+/// A child process in a process group of its own, killed with its workers (and reaped) on drop;
+/// its log is a file next to its config.
 pub struct Daemon {
     child: Child,
     pub log: PathBuf,
@@ -30,7 +31,9 @@ pub struct Daemon {
 impl Daemon {
     fn spawn(what: &'static str, cmd: &mut Command, log: PathBuf) -> Daemon {
         let f = std::fs::File::create(&log).expect("log file");
+        use std::os::unix::process::CommandExt;
         let child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f)
@@ -60,8 +63,11 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Stops it now (SIGKILL to this pid only).
+    /// Stops it now: SIGKILL to its whole process group, so php-fpm's and nginx's workers go
+    /// with their master instead of living on as orphans.
     pub fn stop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
