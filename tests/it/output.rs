@@ -94,15 +94,7 @@ fn sync_on_a_terminal_shows_progress_on_stderr() {
     let w = world_syncing(&img);
     // `script` gives the command a pseudo-terminal; its transcript is what the terminal showed.
     let line = format!("{} --config {} sync", bin().display(), w.config.display());
-    let out = Out::of(
-        Command::new("script")
-            .args(["-qec", &line, "/dev/null"])
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("INVOCATION_ID")
-            .env("TERM", "xterm")
-            .output()
-            .unwrap(),
-    );
+    let out = on_terminal(&line, Some(("TERM", "xterm")));
     out.code(0);
     assert!(
         out.stdout.contains("scanned") && out.stdout.contains("written,"),
@@ -117,14 +109,7 @@ fn sync_on_a_terminal_shows_progress_on_stderr() {
             bin().display(),
             w.config.display()
         );
-        let mut cmd = Command::new("script");
-        cmd.args(["-qec", &line, "/dev/null"])
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("INVOCATION_ID");
-        if let Some((k, v)) = env {
-            cmd.env(k, v);
-        }
-        let out = Out::of(cmd.output().unwrap());
+        let out = on_terminal(&line, env);
         out.code(0);
         assert!(
             !out.stdout.contains("scanned"),
@@ -198,19 +183,24 @@ fn apply_permissions_on_a_terminal_shows_progress() {
         bin().display(),
         w.config.display()
     );
-    let out = Out::of(
-        Command::new("script")
-            .args(["-qec", &line, "/dev/null"])
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("INVOCATION_ID")
-            .env("TERM", "xterm")
-            .output()
-            .unwrap(),
-    );
+    let out = on_terminal(&line, Some(("TERM", "xterm")));
     out.code(0);
     assert!(
         out.stdout.contains("apply permissions: ") && out.stdout.contains("scanned"),
         "no progress on the terminal:\n{}",
         out.stdout
     );
+}
+
+/// Runs the shell command line `line` on a pseudo-terminal (`script`), outside systemd, with
+/// one extra environment variable; its transcript is what the terminal showed.
+fn on_terminal(line: &str, env: Option<(&str, &str)>) -> Out {
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", line, "/dev/null"])
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("INVOCATION_ID");
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    Out::of(cmd.output().unwrap())
 }
