@@ -81,3 +81,16 @@ pub fn init(verbose: u8, quiet: bool, default: LevelFilter) {
 pub fn stderr_is_terminal() -> bool {
     std::io::IsTerminal::is_terminal(&std::io::stderr())
 }
+
+/// The process's peak resident memory so far in MiB (`VmHWM`), for the debug timing lines;
+/// 0 where `/proc` does not say.
+pub fn peak_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
+}

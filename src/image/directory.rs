@@ -8,7 +8,6 @@ use super::{clean_mode, Backend, Entry, Image, Kind, Tree};
 use crate::config::Config;
 use crate::fs::at;
 use anyhow::{bail, Context, Result};
-use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
@@ -37,7 +36,7 @@ pub(super) fn open(cfg: &Config) -> Result<Image> {
             )
         })?;
     }
-    let (tree, digest, bad) = scan_directory(fd.as_fd())
+    let (tree, digest, bad) = scan(fd.as_fd())
         .with_context(|| format!("reading the image directory {}", location.display()))?;
     for b in &bad {
         log::warn!("image directory: skipped {b:?}: its name is not UTF-8");
@@ -46,7 +45,6 @@ pub(super) fn open(cfg: &Config) -> Result<Image> {
         reference: location.display().to_string(),
         digest,
         backend: Backend::Directory { root: fd, location },
-        winners: HashMap::new(),
         tree_cache: Some(tree),
     })
 }
@@ -62,7 +60,7 @@ struct Scanned {
 /// Scans a directory image with a few threads (the shared walker, one visitor per thread): its
 /// tree, and the digest over the sorted listing (path, type, mode, size, mtime, ctime, inode,
 /// target).
-fn scan_directory(root: BorrowedFd<'_>) -> Result<(Tree, String, Vec<String>)> {
+pub(super) fn scan(root: BorrowedFd<'_>) -> Result<(Tree, String, Vec<String>)> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -102,7 +100,7 @@ fn scan_directory(root: BorrowedFd<'_>) -> Result<(Tree, String, Vec<String>)> {
         listing.update(line.as_bytes());
     }
     let digest = format!("blake3:{}", listing.finalize().to_hex());
-    let tree: Tree = all.into_iter().map(|s| (s.rel, s.entry)).collect();
+    let tree = Tree::from_sorted(all.into_iter().map(|s| (s.rel, s.entry, 0)).collect());
     Ok((tree, digest, bad))
 }
 
@@ -166,16 +164,17 @@ pub(super) fn hash_file(root: BorrowedFd<'_>, location: &Path, rel: &str) -> Res
     Ok(*hs.finalize().as_bytes())
 }
 
-/// Streams the content of each file in `wanted` (relative paths of the tree) to `f`.
+/// Streams the content of each file in `wanted` (indices into `tree`) to `f`.
 pub(super) fn fetch(
     root: BorrowedFd<'_>,
     location: &Path,
-    wanted: &[String],
-    f: &mut dyn FnMut(&str, &mut dyn Read) -> Result<()>,
+    tree: &Tree,
+    wanted: &[usize],
+    f: &mut dyn FnMut(usize, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
     let mut dc = at::DirCache::new(rustix::io::dup(root)?);
-    for rel in wanted {
-        f(rel, &mut open_in_directory(&mut dc, rel, location)?)?;
+    for &i in wanted {
+        f(i, &mut open_in_directory(&mut dc, tree.path(i), location)?)?;
     }
     Ok(())
 }

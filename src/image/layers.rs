@@ -14,11 +14,11 @@ use super::verify::Limited;
 use super::{clean_mode, Entry, Kind, Tree};
 use crate::fs::at;
 use anyhow::{bail, Context, Result};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Read;
 
 /// The code tree (below `prefix`) of the merged layers. Report lines for anything dropped go to
-/// `notes`; `winners` gets, for each file, where its content is: (layer, entry index in the tar).
+/// `notes`; each file of the tree knows where its content is (layer, entry index in the tar).
 /// Each layer stops at the given unpacked size; the cache (if any) spares re-reading a layer chain.
 pub(super) fn tree(
     store: &Store,
@@ -26,7 +26,6 @@ pub(super) fn tree(
     prefix: &str,
     reference: &str,
     (max_layer_bytes, cache): (u64, Option<&LayerCache>),
-    winners: &mut HashMap<String, (usize, u64)>,
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
     // Full image path -> (entry, layer, index). Only entries under `prefix` are hashed.
@@ -201,7 +200,7 @@ pub(super) fn tree(
             }
         }
     }
-    let mut tree = Tree::new();
+    let mut tree: BTreeMap<String, (Entry, u64)> = BTreeMap::new();
     let start = if prefix.is_empty() {
         String::new()
     } else {
@@ -218,7 +217,7 @@ pub(super) fn tree(
         while let Some(idx) = anc.rfind('/') {
             anc = &anc[..idx];
             match tree.get(anc) {
-                Some(e) if e.kind == Kind::Dir => break,
+                Some((e, _)) if e.kind == Kind::Dir => break,
                 Some(_) => {
                     ok = false;
                     break;
@@ -231,7 +230,7 @@ pub(super) fn tree(
                     _ => {
                         tree.insert(
                             anc.to_string(),
-                            Entry {
+                            (Entry {
                                 kind: Kind::Dir,
                                 mode: 0o755,
                                 size: 0,
@@ -240,6 +239,8 @@ pub(super) fn tree(
                                 hash: None,
                                 target: None,
                             },
+                            0,
+                        ),
                         );
                     }
                 },
@@ -251,34 +252,38 @@ pub(super) fn tree(
             ));
             continue;
         }
-        if entry.kind == Kind::File {
-            winners.insert(rel.to_string(), (*l, *i));
-        }
-        tree.insert(rel.to_string(), entry.clone());
+        tree.insert(rel.to_string(), (entry.clone(), encode_pos(*l, *i)));
     }
-    Ok(tree)
+    Ok(Tree::from_sorted(
+        tree.into_iter().map(|(p, (e, pos))| (p, e, pos)).collect(),
+    ))
 }
 
-/// Streams the content of each file in `wanted` (relative paths of the tree) to `f`, in the
-/// layers' order; `winners` as [`tree`] filled it.
+/// Streams the content of each file in `wanted` (indices into `tree`, which [`tree`] built) to
+/// `f`, in the layers' order.
 pub(super) fn fetch(
     store: &Store,
     layers: &[(String, String)],
-    winners: &HashMap<String, (usize, u64)>,
+    tree: &Tree,
     max_layer_bytes: u64,
-    wanted: &[String],
-    f: &mut dyn FnMut(&str, &mut dyn Read) -> Result<()>,
+    wanted: &[usize],
+    f: &mut dyn FnMut(usize, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
-    // (layer, index) -> paths that take their bytes from there.
-    let mut by_pos: BTreeMap<(usize, u64), Vec<&str>> = BTreeMap::new();
-    for rel in wanted {
-        let pos = winners
-            .get(rel)
-            .with_context(|| format!("{rel:?} is not a file of the image"))?;
-        by_pos.entry(*pos).or_default().push(rel);
+    // (position, index) sorted: the files in the order the layers hold their bytes.
+    let mut by_pos: Vec<(u64, usize)> = Vec::with_capacity(wanted.len());
+    for &i in wanted {
+        if tree.entry(i).kind != Kind::File {
+            bail!("{:?} is not a file of the image", tree.path(i));
+        }
+        by_pos.push((tree.pos(i), i));
     }
+    by_pos.sort_unstable();
+    let mut next = 0;
     for (li, (digest, mt)) in layers.iter().enumerate() {
-        if by_pos.range((li, 0)..=(li, u64::MAX)).next().is_none() {
+        if by_pos
+            .get(next)
+            .is_none_or(|&(p, _)| decode_pos(p).0 != li)
+        {
             continue;
         }
         let r = Limited::new(
@@ -289,19 +294,32 @@ pub(super) fn fetch(
         let mut ar = tar::Archive::new(r);
         for (ei, e) in ar.entries()?.enumerate() {
             let mut e = e.with_context(|| format!("reading the layer {digest}"))?;
-            let Some(paths) = by_pos.get(&(li, ei as u64)) else {
-                continue;
-            };
-            if paths.len() == 1 {
-                f(paths[0], &mut e)?;
-            } else {
-                let mut buf = Vec::new();
-                e.read_to_end(&mut buf)?;
-                for p in paths {
-                    f(p, &mut &buf[..])?;
+            let here = encode_pos(li, ei as u64);
+            let first = next;
+            while by_pos.get(next).is_some_and(|&(p, _)| p == here) {
+                next += 1;
+            }
+            match next - first {
+                0 => {}
+                1 => f(by_pos[first].1, &mut e)?,
+                _ => {
+                    let mut buf = Vec::new();
+                    e.read_to_end(&mut buf)?;
+                    for &(_, i) in &by_pos[first..next] {
+                        f(i, &mut &buf[..])?;
+                    }
                 }
             }
+            if by_pos.get(next).is_none_or(|&(p, _)| decode_pos(p).0 != li) {
+                break;
+            }
         }
+    }
+    if let Some(&(_, i)) = by_pos.get(next) {
+        bail!(
+            "{:?} was not found in its layer of the image; the image changed while it was read",
+            tree.path(i)
+        );
     }
     Ok(())
 }

@@ -24,7 +24,6 @@
 
 use crate::config::{Config, ImageSource};
 use anyhow::{bail, Context, Result};
-use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -36,9 +35,11 @@ mod layers;
 mod oci;
 pub mod release;
 pub mod tag;
+mod tree;
 mod verify;
 
 pub use tag::parse_publish_tag;
+pub use tree::Tree;
 
 /// What an image entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,9 +83,6 @@ pub struct Entry {
     pub target: Option<String>,
 }
 
-/// The code tree: relative path (`/`-separated, no leading `/`) to entry, parents first.
-pub type Tree = BTreeMap<String, Entry>;
-
 /// A candidate image: its reference, digest and creation time.
 #[derive(Clone, Debug)]
 pub struct Candidate {
@@ -100,9 +98,7 @@ pub struct Image {
     pub reference: String,
     pub digest: String,
     backend: Backend,
-    /// For layered images, where each tree file's content is: (layer, entry index in the tar).
-    winners: HashMap<String, (usize, u64)>,
-    /// The directory source computes the tree to compute the digest; kept here.
+    /// The directory source computes the tree to compute the digest; kept here until asked.
     tree_cache: Option<Tree>,
 }
 
@@ -272,8 +268,8 @@ fn clean_mode(kind: Kind, raw: u32) -> u32 {
 impl Image {
     /// The code tree. Report lines for anything dropped go to `notes`.
     pub fn tree(&mut self, notes: &mut Vec<String>) -> Result<Tree> {
-        if let Some(t) = &self.tree_cache {
-            return Ok(t.clone());
+        if let Some(t) = self.tree_cache.take() {
+            return Ok(t);
         }
         let Backend::Layers {
             store,
@@ -283,7 +279,10 @@ impl Image {
             cache,
         } = &self.backend
         else {
-            unreachable!("directory images carry their tree")
+            let Backend::Directory { root, .. } = &self.backend else {
+                unreachable!()
+            };
+            return Ok(directory::scan(root.as_fd())?.0);
         };
         layers::tree(
             store,
@@ -291,7 +290,6 @@ impl Image {
             prefix,
             &self.reference,
             (*max_layer_bytes, cache.as_ref()),
-            &mut self.winners,
             notes,
         )
     }
@@ -304,23 +302,25 @@ impl Image {
         directory::hash_file(root.as_fd(), location, rel)
     }
 
-    /// Streams the content of each file in `wanted` (relative paths of the tree) to `f`.
-    /// For layered images the order is the layers' order, not the paths'.
+    /// Streams the content of each file in `wanted` (indices into `tree`, this image's tree)
+    /// to `f`, with its index. For layered images the order is the layers' order, not the
+    /// paths'.
     pub fn fetch(
         &self,
-        wanted: &[String],
-        f: &mut dyn FnMut(&str, &mut dyn Read) -> Result<()>,
+        tree: &Tree,
+        wanted: &[usize],
+        f: &mut dyn FnMut(usize, &mut dyn Read) -> Result<()>,
     ) -> Result<()> {
         match &self.backend {
             Backend::Directory { root, location } => {
-                directory::fetch(root.as_fd(), location, wanted, f)
+                directory::fetch(root.as_fd(), location, tree, wanted, f)
             }
             Backend::Layers {
                 store,
                 layers,
                 max_layer_bytes,
                 ..
-            } => layers::fetch(store, layers, &self.winners, *max_layer_bytes, wanted, f),
+            } => layers::fetch(store, layers, tree, *max_layer_bytes, wanted, f),
         }
     }
 

@@ -11,7 +11,6 @@ use super::{containerd, parse_publish_tag, Backend, Candidate, Image};
 use crate::config::{Config, ImageSource};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -225,7 +224,6 @@ pub(super) fn open_layered(
             max_layer_bytes: cfg.image.max_layer_bytes,
             cache: super::layer_cache::LayerCache::new(&cfg.state_dir, cfg.image.layer_cache_bytes),
         },
-        winners: HashMap::new(),
         tree_cache: None,
     })
 }

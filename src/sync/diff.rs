@@ -102,21 +102,22 @@ pub fn diff(
             Some(mut img) => {
                 let mut notes = Vec::new();
                 let tree = img.tree(&mut notes)?;
-                let wanted: Vec<String> = modified
+                let wanted: Vec<usize> = modified
                     .iter()
                     .chain(if stat { &deleted[..] } else { &[] })
-                    .filter(|p| tree.get(*p).is_some_and(|e| e.kind == Kind::File))
-                    .cloned()
+                    .filter_map(|p| tree.find(p))
+                    .filter(|&i| tree.entry(i).kind == Kind::File)
                     .collect();
                 let mut old_texts = HashMap::new();
-                img.fetch(&wanted, &mut |rel, r| {
+                img.fetch(&tree, &wanted, &mut |i, r| {
                     let mut buf = Vec::new();
                     r.take(8 << 20).read_to_end(&mut buf)?;
-                    old_texts.insert(rel.to_string(), buf);
+                    old_texts.insert(i, buf);
                     Ok(())
                 })?;
-                for p in &wanted {
-                    let old = &old_texts[p];
+                for &i in &wanted {
+                    let old = &old_texts[&i];
+                    let p = &tree.path(i).to_string();
                     if deleted.contains(p) {
                         stats.insert(p.clone(), line_count(old).map(|n| (0, n)));
                         continue;

@@ -147,8 +147,9 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
         None => log::info!("newest image: {} ({})", img.reference, img.digest),
     }
     log::debug!(
-        "found the newest image in {:.3}s",
-        started.elapsed().as_secs_f64()
+        "found the newest image in {:.3}s (peak {} MiB)",
+        started.elapsed().as_secs_f64(),
+        crate::logging::peak_mib()
     );
     if let Some(l) = &last {
         // After an interrupted run the tree may be between two images: always go through it.
@@ -183,8 +184,9 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
     let mut notes = Vec::new();
     let tree = img.tree(&mut notes)?;
     log::debug!(
-        "read the image tree by {:.3}s",
-        started.elapsed().as_secs_f64()
+        "read the image tree by {:.3}s (peak {} MiB)",
+        started.elapsed().as_secs_f64(),
+        crate::logging::peak_mib()
     );
     if opts.dry_run && at::open_dir_path(&cfg.code.path).err() == Some(Errno::NOENT) {
         // Nothing there yet: everything would be written.
@@ -203,8 +205,9 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
     }
     let old = Manifest::read(cfg)?;
     log::debug!(
-        "read the manifest by {:.3}s",
-        started.elapsed().as_secs_f64()
+        "read the manifest by {:.3}s (peak {} MiB)",
+        started.elapsed().as_secs_f64(),
+        crate::logging::peak_mib()
     );
     let mut eng = Engine::new(
         cfg,
@@ -222,13 +225,18 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
     )?;
     eng.progress = opts.progress.clone();
     let out = eng.run()?;
-    log::debug!("synced the tree by {:.3}s", started.elapsed().as_secs_f64());
+    log::debug!(
+        "synced the tree by {:.3}s (peak {} MiB)",
+        started.elapsed().as_secs_f64(),
+        crate::logging::peak_mib()
+    );
     let mut plan = out.plan(started);
     if !opts.dry_run {
         out.manifest.write(cfg)?;
         log::debug!(
-            "wrote the manifest by {:.3}s",
-            started.elapsed().as_secs_f64()
+            "wrote the manifest by {:.3}s (peak {} MiB)",
+            started.elapsed().as_secs_f64(),
+            crate::logging::peak_mib()
         );
         let (at, unix) = crate::state::now();
         let l = LastSync {

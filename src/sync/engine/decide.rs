@@ -19,6 +19,7 @@ impl Engine<'_> {
     pub(super) fn decide(
         &mut self,
         dc: &mut DirCache,
+        i: usize,
         p: &str,
         mut e: Entry,
     ) -> Result<Option<String>> {
@@ -95,8 +96,7 @@ impl Engine<'_> {
         let live_kind = st.as_ref().and_then(kind_of);
         if self.opts.dry_run {
             if e.kind == Kind::File {
-                self.pending
-                    .insert(p.to_string(), Pending { seen: None, backup });
+                self.pending.insert(i, Pending { seen: None, backup });
             } else {
                 self.count("written");
                 self.change("write", p, "dry run");
@@ -183,7 +183,7 @@ impl Engine<'_> {
                     let q = quick(&s);
                     (q.0, q.1, q.2, s.st_size)
                 });
-                self.pending.insert(p.to_string(), Pending { seen, backup });
+                self.pending.insert(i, Pending { seen, backup });
             }
         }
         Ok(None)

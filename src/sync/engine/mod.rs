@@ -54,7 +54,8 @@ pub(super) struct Engine<'a> {
     policy_errors: u64,
     journal: Option<std::fs::File>,
     backup_dir: Option<PathBuf>,
-    pending: BTreeMap<String, Pending>,
+    /// Files queued for the content phase, by tree index.
+    pending: BTreeMap<usize, Pending>,
     counts: BTreeMap<&'static str, u64>,
     changes: Vec<Change>,
     notes: Vec<String>,
@@ -233,44 +234,53 @@ impl<'a> Engine<'a> {
             self.delete(&mut dc, &p)?;
         }
         log::debug!(
-            "phase 1 (deletions) done in {:.3}s",
-            t0.elapsed().as_secs_f64()
+            "phase 1 (deletions) done in {:.3}s (peak {} MiB)",
+            t0.elapsed().as_secs_f64(),
+            crate::logging::peak_mib()
         );
         // Phase 2: directories and symlinks in order; files decided and queued.
-        let tree = std::mem::take(&mut self.tree);
-        let mut blocked: Option<&str> = None;
-        for (p, e) in &tree {
+        let mut blocked: Option<String> = None;
+        for i in 0..self.tree.len() {
             if let Some(pr) = &self.progress {
                 pr.scanned(1);
             }
-            if blocked.is_some_and(|b| under(p, b)) || !in_scope(&self.opts.scope, p) {
+            let p = self.tree.path(i);
+            if blocked.as_deref().is_some_and(|b| under(p, b)) || !in_scope(&self.opts.scope, p)
+            {
                 continue;
             }
-            if let Some(b) = self.decide(&mut dc, p, e.clone())? {
-                // The prefix is p itself or one of its ancestors: all are keys of the tree
-                // or prefixes of p.
-                blocked = Some(&p[..b.len().min(p.len())]);
+            let p = p.to_string();
+            let e = self.tree.entry(i).clone();
+            if let Some(b) = self.decide(&mut dc, i, &p, e)? {
+                blocked = Some(b);
             }
         }
-        self.tree = tree;
         log::debug!(
-            "phase 2 (decisions) done in {:.3}s",
-            t0.elapsed().as_secs_f64()
+            "phase 2 (decisions) done in {:.3}s (peak {} MiB)",
+            t0.elapsed().as_secs_f64(),
+            crate::logging::peak_mib()
         );
         // Phase 3: file contents (layer order for layered images).
-        let wanted: Vec<String> = self.pending.keys().cloned().collect();
+        let wanted: Vec<usize> = self.pending.keys().copied().collect();
         if !self.opts.dry_run && !wanted.is_empty() {
             let image = self.image;
-            image.fetch(&wanted, &mut |rel, r| self.write_file(&mut dc, rel, r))?;
+            let tree = std::mem::take(&mut self.tree);
+            let r = image.fetch(&tree, &wanted, &mut |i, r| {
+                self.write_file(&mut dc, &tree, i, r)
+            });
+            self.tree = tree;
+            r?;
         } else {
-            for p in &wanted {
+            for &i in &wanted {
+                let p = self.tree.path(i).to_string();
                 self.count("written");
-                self.change("write", p, "dry run");
+                self.change("write", &p, "dry run");
             }
         }
         log::debug!(
-            "phase 3 (file contents) done in {:.3}s",
-            t0.elapsed().as_secs_f64()
+            "phase 3 (file contents) done in {:.3}s (peak {} MiB)",
+            t0.elapsed().as_secs_f64(),
+            crate::logging::peak_mib()
         );
         // Phase 4 (reset): what engineers added in scope goes, after a backup.
         if self.opts.remove_added {

@@ -7,7 +7,7 @@
 
 use super::Engine;
 use crate::fs::at::{self, DirCache, Opened};
-use crate::image::Entry;
+use crate::image::{Entry, Tree};
 use crate::sync::live::quick;
 use crate::sync::manifest::{line, MEntry};
 use crate::tsv::esc;
@@ -77,13 +77,15 @@ impl Engine<'_> {
     pub(super) fn write_file(
         &mut self,
         dc: &mut DirCache,
-        p: &str,
+        tree: &Tree,
+        i: usize,
         r: &mut dyn Read,
     ) -> Result<()> {
-        let Some(pending) = self.pending.remove(p) else {
+        let Some(pending) = self.pending.remove(&i) else {
             return Ok(());
         };
-        let mut e = self.tree[p].clone();
+        let p = tree.path(i);
+        let mut e = tree.entry(i).clone();
         let (parent, name) = at::split(p);
         let d = match dc.open(parent)? {
             Opened::Dir(d) => d,
@@ -214,9 +216,6 @@ impl Engine<'_> {
         }
         drop(f);
         self.step();
-        if let Some(t) = self.tree.get_mut(p) {
-            t.hash = e.hash;
-        }
         self.finish_written(d, name, p, e, "write", "")
     }
 
