@@ -230,17 +230,18 @@ pub(super) fn tree(
                     _ => {
                         tree.insert(
                             anc.to_string(),
-                            (Entry {
-                                kind: Kind::Dir,
-                                mode: 0o755,
-                                size: 0,
-                                mtime: 0,
-                                mtime_nsec: 0,
-                                hash: None,
-                                target: None,
-                            },
-                            0,
-                        ),
+                            (
+                                Entry {
+                                    kind: Kind::Dir,
+                                    mode: 0o755,
+                                    size: 0,
+                                    mtime: 0,
+                                    mtime_nsec: 0,
+                                    hash: None,
+                                    target: None,
+                                },
+                                0,
+                            ),
                         );
                     }
                 },
@@ -280,10 +281,7 @@ pub(super) fn fetch(
     by_pos.sort_unstable();
     let mut next = 0;
     for (li, (digest, mt)) in layers.iter().enumerate() {
-        if by_pos
-            .get(next)
-            .is_none_or(|&(p, _)| decode_pos(p).0 != li)
-        {
+        if by_pos.get(next).is_none_or(|&(p, _)| decode_pos(p).0 != li) {
             continue;
         }
         let r = Limited::new(

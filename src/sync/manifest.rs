@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::BufRead as _;
 use std::path::PathBuf;
 
 /// The last sync: what the unchanged-image check reads (small; the manifest is not parsed).
@@ -104,51 +105,189 @@ impl Manifest {
     }
 
     pub(super) fn read(cfg: &Config) -> Result<Manifest> {
-        let p = Self::path(cfg);
-        let text = match std::fs::read_to_string(&p) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Manifest::default()),
-            Err(e) => {
-                return Err(e).with_context(|| format!("reading the manifest {}", p.display()))
-            }
-        };
-        // The file is written sorted: collect, then build the map in bulk.
-        let mut entries = Vec::with_capacity(text.len() / 150);
-        for (i, line) in text.lines().enumerate() {
-            if line.starts_with('#') || line.is_empty() {
-                continue;
-            }
-            let (k, v) = parse_line(line).with_context(|| {
-                format!(
-                    "the manifest {} line {} is damaged; move it away and run `sync --force` (edits are backed up)",
-                    p.display(),
-                    i + 1
-                )
-            })?;
-            entries.push((k, v));
+        let mut r = Reader::open(cfg)?;
+        let mut entries = Vec::new();
+        while r.next()? {
+            entries.push((r.path().to_string(), r.entry()?));
         }
+        // The file is sorted (the reader checks): the map is built in bulk.
         Ok(Manifest {
             entries: entries.into_iter().collect(),
         })
     }
 
     pub(super) fn write(&self, cfg: &Config) -> Result<()> {
-        let mut s = String::with_capacity(self.entries.len() * 160);
-        s.push_str(Self::HEADER);
-        s.push('\n');
+        let mut w = Writer::create(cfg)?;
         for (p, m) in &self.entries {
-            line(p, m, &mut s);
+            w.entry(p, m)?;
         }
-        // Temp file and rename (a killed run leaves the old manifest whole). No fsync: after a
-        // power cut an old or empty manifest only makes the next sync compare content (live
-        // entries equal to the image are adopted, others are kept as edits), never lose data.
-        let path = Self::path(cfg);
+        w.commit()
+    }
+}
+
+/// The manifest read one line at a time, in its order (sorted by path), so a run never holds
+/// the whole file: a million-entry manifest is about 150 MB of text.
+pub(super) struct Reader {
+    file: Option<std::io::BufReader<std::fs::File>>,
+    name: PathBuf,
+    line_no: usize,
+    line: String,
+    path: String,
+}
+
+impl Reader {
+    /// The manifest of the last sync (none yet: an empty reader).
+    pub(super) fn open(cfg: &Config) -> Result<Reader> {
+        let name = Manifest::path(cfg);
+        let file = match std::fs::File::open(&name) {
+            Ok(f) => Some(std::io::BufReader::with_capacity(1 << 16, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading the manifest {}", name.display()))
+            }
+        };
+        Ok(Reader {
+            file,
+            name,
+            line_no: 0,
+            line: String::new(),
+            path: String::new(),
+        })
+    }
+
+    fn damaged(&self, what: &str) -> anyhow::Error {
+        anyhow::anyhow!(
+            "the manifest {} line {} is damaged ({what}); move it away and run `sync --force` (edits are backed up)",
+            self.name.display(),
+            self.line_no
+        )
+    }
+
+    /// Moves to the next entry; `false` at the end. A line that is not sorted after the one
+    /// before it is damage.
+    pub(super) fn next(&mut self) -> Result<bool> {
+        let Some(f) = &mut self.file else {
+            return Ok(false);
+        };
+        loop {
+            self.line.clear();
+            let n = f
+                .read_line(&mut self.line)
+                .with_context(|| format!("reading the manifest {}", self.name.display()))?;
+            if n == 0 {
+                self.file = None;
+                return Ok(false);
+            }
+            self.line_no += 1;
+            if self.line.starts_with('#') || self.line.trim_end_matches('\n').is_empty() {
+                continue;
+            }
+            let field = self.line.split('\t').next().unwrap_or("");
+            let path = unesc(field);
+            if !is_tree_path(&path) {
+                return Err(self.damaged("not a path of the tree"));
+            }
+            if self.line_no > 1 && !self.path.is_empty() && path <= self.path {
+                return Err(self.damaged("out of order"));
+            }
+            self.path = path;
+            return Ok(true);
+        }
+    }
+
+    /// The current entry's path.
+    pub(super) fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The current line, with its newline (to copy it unchanged).
+    pub(super) fn raw(&self) -> &str {
+        &self.line
+    }
+
+    /// The current entry, parsed.
+    pub(super) fn entry(&self) -> Result<MEntry> {
+        match parse_line(self.line.trim_end_matches('\n')) {
+            Some((_, m)) => Ok(m),
+            None => Err(self.damaged("a field is missing or malformed")),
+        }
+    }
+
+    /// The entry at `p`, if the manifest has it; `p` must not be before the last one asked
+    /// for (the engine asks in path order).
+    pub(super) fn seek(&mut self, p: &str) -> Result<Option<MEntry>> {
+        while self.file.is_some() && (self.path.is_empty() || self.path.as_str() < p) {
+            if !self.next()? {
+                return Ok(None);
+            }
+        }
+        if self.file.is_some() && self.path == p {
+            return self.entry().map(Some);
+        }
+        Ok(None)
+    }
+}
+
+/// A new manifest, written in path order to a temporary file and renamed over the old one on
+/// [`Writer::commit`] (a killed run leaves the old one whole; dropped uncommitted, it is removed).
+pub(super) struct Writer {
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    tmp: PathBuf,
+    path: PathBuf,
+    buf: String,
+}
+
+impl Writer {
+    pub(super) fn create(cfg: &Config) -> Result<Writer> {
+        let path = Manifest::path(cfg);
         let tmp = path.with_extension(format!("tsv.tmp.{}", std::process::id()));
-        let r = std::fs::write(&tmp, s.as_bytes()).and_then(|()| std::fs::rename(&tmp, &path));
-        if r.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        let f = std::fs::File::create(&tmp)
+            .with_context(|| format!("writing the manifest {}", tmp.display()))?;
+        let mut w = Writer {
+            out: Some(std::io::BufWriter::with_capacity(1 << 16, f)),
+            tmp,
+            path,
+            buf: String::with_capacity(256),
+        };
+        w.raw(&format!("{}\n", Manifest::HEADER))?;
+        Ok(w)
+    }
+
+    pub(super) fn entry(&mut self, p: &str, m: &MEntry) -> Result<()> {
+        let mut s = std::mem::take(&mut self.buf);
+        s.clear();
+        line(p, m, &mut s);
+        let r = self.raw(&s);
+        self.buf = s;
+        r
+    }
+
+    /// A line as it is (with its newline).
+    pub(super) fn raw(&mut self, l: &str) -> Result<()> {
+        use std::io::Write as _;
+        let out = self.out.as_mut().expect("not committed");
+        out.write_all(l.as_bytes())
+            .with_context(|| format!("writing the manifest {}", self.tmp.display()))
+    }
+
+    /// Flushes and renames it into place. No fsync: after a power cut an old or empty manifest
+    /// only makes the next sync compare content (live entries equal to the image are adopted,
+    /// others are kept as edits), never lose data.
+    pub(super) fn commit(mut self) -> Result<()> {
+        let out = self.out.take().expect("committed once");
+        out.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|_| std::fs::rename(&self.tmp, &self.path))
+            .with_context(|| format!("writing the manifest {}", self.path.display()))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.out.is_some() || self.tmp.exists() {
+            self.out = None;
+            let _ = std::fs::remove_file(&self.tmp);
         }
-        r.with_context(|| format!("writing the manifest {}", path.display()))
     }
 }
 

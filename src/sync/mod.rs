@@ -48,7 +48,7 @@ pub use diff::diff;
 pub use reset::reset;
 
 use engine::{Engine, EngineOpts};
-use manifest::{LastSync, Manifest};
+use manifest::LastSync;
 use recover::recover;
 
 #[derive(Clone, Debug, Default)]
@@ -203,17 +203,10 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
         plan.observed = json!({"image": img.reference, "digest": img.digest, "files": tree.len(), "dry_run": true});
         return Ok(plan);
     }
-    let old = Manifest::read(cfg)?;
-    log::debug!(
-        "read the manifest by {:.3}s (peak {} MiB)",
-        started.elapsed().as_secs_f64(),
-        crate::logging::peak_mib()
-    );
     let mut eng = Engine::new(
         cfg,
         &img,
         tree,
-        old,
         EngineOpts {
             force: opts.force,
             dry_run: opts.dry_run,
@@ -232,12 +225,6 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
     );
     let mut plan = out.plan(started);
     if !opts.dry_run {
-        out.manifest.write(cfg)?;
-        log::debug!(
-            "wrote the manifest by {:.3}s (peak {} MiB)",
-            started.elapsed().as_secs_f64(),
-            crate::logging::peak_mib()
-        );
         let (at, unix) = crate::state::now();
         let l = LastSync {
             reference: img.reference.clone(),

@@ -4,7 +4,7 @@
 //! last synced: when that image is gone, it stops and says to run `sync` first.
 
 use super::engine::{Engine, EngineOpts};
-use super::manifest::{LastSync, Manifest};
+use super::manifest::LastSync;
 use super::recover::recover;
 use super::{scope_of, sync_dir};
 use crate::config::Config;
@@ -34,12 +34,10 @@ pub fn reset(cfg: &Config, paths: &[PathBuf]) -> Result<ComponentPlan> {
     })?;
     let mut notes = Vec::new();
     let tree = img.tree(&mut notes)?;
-    let old = Manifest::read(cfg)?;
     let eng = Engine::new(
         cfg,
         &img,
         tree,
-        old,
         EngineOpts {
             force: true,
             dry_run: false,
@@ -50,7 +48,6 @@ pub fn reset(cfg: &Config, paths: &[PathBuf]) -> Result<ComponentPlan> {
         notes,
     )?;
     let out = eng.run()?;
-    out.manifest.write(cfg)?;
     let _ = std::fs::remove_file(sync_dir(cfg).join("journal"));
     let mut plan = out.plan(started);
     plan.observed = last.observed();

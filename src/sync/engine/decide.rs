@@ -4,7 +4,7 @@
 //! place at once, or queue a file for the content phase. It must never replace a live entry
 //! that differs from the manifest unless forced, and then only after a backup.
 
-use super::{Engine, Pending};
+use super::Engine;
 use crate::fs::at::{self, DirCache, Opened};
 use crate::image::{Entry, Kind};
 use crate::sync::live::{equals_manifest, hash_at, kind_of, quick, readlink};
@@ -22,15 +22,13 @@ impl Engine<'_> {
         i: usize,
         p: &str,
         mut e: Entry,
+        m: Option<MEntry>,
     ) -> Result<Option<String>> {
-        let m = self.man.entries.get(p).cloned();
         if !self.opts.all_changed {
             if let Some(m) = &m {
                 if self.same_in_image(p, &mut e, m)? {
                     if m.e != e {
-                        self.man
-                            .entries
-                            .insert(p.to_string(), MEntry { e, live: m.live });
+                        self.record(i, e, m.live);
                     }
                     return Ok(None);
                 }
@@ -66,7 +64,7 @@ impl Engine<'_> {
                     .map(|s| quick(&s))
                     .unwrap_or_default();
                 self.fill_hash(p, &mut e)?;
-                self.man.entries.insert(p.to_string(), MEntry { e, live });
+                self.record(i, e, live);
                 return Ok(None);
             }
             let ours = match &m {
@@ -96,7 +94,7 @@ impl Engine<'_> {
         let live_kind = st.as_ref().and_then(kind_of);
         if self.opts.dry_run {
             if e.kind == Kind::File {
-                self.pending.insert(i, Pending { seen: None, backup });
+                self.queue(i, None, backup);
             } else {
                 self.count("written");
                 self.change("write", p, "dry run");
@@ -162,7 +160,7 @@ impl Engine<'_> {
                     }
                     self.step();
                 }
-                self.finish_written(d, name, p, e, "mkdir", "")?;
+                self.finish_written(d, name, (i, p), e, "mkdir", "")?;
             }
             Kind::Symlink => {
                 let tmp = self.temp_name(name);
@@ -176,14 +174,14 @@ impl Engine<'_> {
                 rustix::fs::renameat(d, tmp.as_str(), d, name)
                     .with_context(|| format!("renaming the symlink into place at {p}"))?;
                 self.step();
-                self.finish_written(d, name, p, e, "symlink", &target)?;
+                self.finish_written(d, name, (i, p), e, "symlink", &target)?;
             }
             Kind::File => {
                 let seen = at::lstat_at(d, name)?.map(|s| {
                     let q = quick(&s);
                     (q.0, q.1, q.2, s.st_size)
                 });
-                self.pending.insert(i, Pending { seen, backup });
+                self.queue(i, seen, backup);
             }
         }
         Ok(None)

@@ -8,16 +8,16 @@
 //! first, and never create a named temp file that the journal does not list first.
 
 use super::live::collect_added;
-use super::manifest::Manifest;
+use super::manifest::{MEntry, Reader, Writer};
 use super::{in_scope, metrics, sync_dir, under, MAX_LISTED, TEST_KILL_AFTER};
 use crate::config::Config;
 use crate::fs::at::{self, DirCache};
-use crate::image::{Image, Tree};
+use crate::image::{Entry, Image, Tree};
 use crate::plan::{Change, ComponentPlan};
 use anyhow::{Context, Result};
 use rustix::fs::Mode;
 use rustix::io::Errno;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -36,26 +36,43 @@ pub(super) struct EngineOpts {
     pub(super) remove_added: bool,
 }
 
-/// A file to write in the content phase, with the live state seen when deciding.
+/// A file to write in the content phase: the live state seen when deciding, and whether it
+/// is an edit to back up first (kept only for files that had a live entry).
 struct Pending {
     seen: Option<(u64, i64, i64, i64)>,
     backup: bool,
+}
+
+/// What the new manifest says of one path of the tree.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// What the old manifest says (if anything): the image did not change it, or it was kept.
+    Old,
+    /// Queued for the content phase.
+    Queued,
+    /// The tree's entry, written or adopted, with the live inode, mtime and ctime.
+    New(u64, i64, i64),
 }
 
 pub(super) struct Engine<'a> {
     cfg: &'a Config,
     image: &'a Image,
     tree: Tree,
-    /// The last sync's manifest, updated in place into this sync's (each path's old entry is
-    /// read before it is replaced).
-    man: Manifest,
+    /// Per tree index, what the new manifest records (the old manifest is streamed, never
+    /// held: the new one is the old one with these slots applied, written at the end).
+    slots: Vec<Slot>,
+    /// What the image dropped (in scope), as the old manifest had it.
+    gone: Vec<(String, MEntry)>,
+    /// During the content phase the tree is lent to the image's fetch: the hashes of what was
+    /// written wait here.
+    hashes: Option<Vec<(usize, Option<[u8; 32]>)>>,
     opts: EngineOpts,
     policy: Option<crate::policy::Policy>,
     policy_errors: u64,
     journal: Option<std::fs::File>,
     backup_dir: Option<PathBuf>,
     /// Files queued for the content phase, by tree index.
-    pending: BTreeMap<usize, Pending>,
+    pending: HashMap<usize, Pending>,
     counts: BTreeMap<&'static str, u64>,
     changes: Vec<Change>,
     notes: Vec<String>,
@@ -68,7 +85,6 @@ pub(super) struct Engine<'a> {
 }
 
 pub(super) struct Outcome {
-    pub(super) manifest: Manifest,
     counts: BTreeMap<&'static str, u64>,
     changes: Vec<Change>,
     notes: Vec<String>,
@@ -103,7 +119,6 @@ impl<'a> Engine<'a> {
         cfg: &'a Config,
         image: &'a Image,
         tree: Tree,
-        man: Manifest,
         opts: EngineOpts,
         notes: Vec<String>,
     ) -> Result<Engine<'a>> {
@@ -132,14 +147,16 @@ impl<'a> Engine<'a> {
         Ok(Engine {
             cfg,
             image,
+            slots: vec![Slot::Old; tree.len()],
             tree,
-            man,
+            gone: Vec::new(),
+            hashes: None,
             opts,
             policy,
             policy_errors: 0,
             journal,
             backup_dir: None,
-            pending: BTreeMap::new(),
+            pending: HashMap::new(),
             counts: BTreeMap::from([("written", 0), ("deleted", 0), ("kept_edits", 0)]),
             changes: Vec::new(),
             notes,
@@ -221,54 +238,65 @@ impl<'a> Engine<'a> {
         let t0 = Instant::now();
         let mut dc = self.open_root()?;
         let files = self.tree.len() as u64;
-        // Phase 1: what the image dropped, children first.
-        let gone: Vec<String> = self
-            .man
-            .entries
-            .keys()
-            .rev()
-            .filter(|p| in_scope(&self.opts.scope, p) && !self.tree.contains_key(*p))
-            .cloned()
-            .collect();
-        for p in gone {
-            self.delete(&mut dc, &p)?;
+        // Phase 1: what the image dropped, children first (the old manifest's paths in scope
+        // that the tree does not have).
+        let mut old = Reader::open(self.cfg)?;
+        while old.next()? {
+            let p = old.path();
+            if in_scope(&self.opts.scope, p) && !self.tree.contains_key(p) {
+                self.gone.push((p.to_string(), old.entry()?));
+            }
         }
+        let gone = std::mem::take(&mut self.gone);
+        for (p, m) in gone.iter().rev() {
+            self.delete(&mut dc, p, m)?;
+        }
+        self.gone = gone;
         log::debug!(
             "phase 1 (deletions) done in {:.3}s (peak {} MiB)",
             t0.elapsed().as_secs_f64(),
             crate::logging::peak_mib()
         );
-        // Phase 2: directories and symlinks in order; files decided and queued.
+        // Phase 2: directories and symlinks in order; files decided and queued. The old
+        // manifest is read alongside, in the same order.
+        let mut old = Reader::open(self.cfg)?;
         let mut blocked: Option<String> = None;
         for i in 0..self.tree.len() {
             if let Some(pr) = &self.progress {
                 pr.scanned(1);
             }
             let p = self.tree.path(i);
-            if blocked.as_deref().is_some_and(|b| under(p, b)) || !in_scope(&self.opts.scope, p)
-            {
+            if blocked.as_deref().is_some_and(|b| under(p, b)) || !in_scope(&self.opts.scope, p) {
                 continue;
             }
             let p = p.to_string();
+            let m = old.seek(&p)?;
             let e = self.tree.entry(i).clone();
-            if let Some(b) = self.decide(&mut dc, i, &p, e)? {
+            if let Some(b) = self.decide(&mut dc, i, &p, e, m)? {
                 blocked = Some(b);
             }
         }
+        drop(old);
         log::debug!(
             "phase 2 (decisions) done in {:.3}s (peak {} MiB)",
             t0.elapsed().as_secs_f64(),
             crate::logging::peak_mib()
         );
         // Phase 3: file contents (layer order for layered images).
-        let wanted: Vec<usize> = self.pending.keys().copied().collect();
+        let wanted: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i] == Slot::Queued)
+            .collect();
         if !self.opts.dry_run && !wanted.is_empty() {
             let image = self.image;
             let tree = std::mem::take(&mut self.tree);
+            self.hashes = Some(Vec::new());
             let r = image.fetch(&tree, &wanted, &mut |i, r| {
                 self.write_file(&mut dc, &tree, i, r)
             });
             self.tree = tree;
+            for (i, h) in self.hashes.take().unwrap_or_default() {
+                self.tree.entry_mut(i).hash = h;
+            }
             r?;
         } else {
             for &i in &wanted {
@@ -287,15 +315,17 @@ impl<'a> Engine<'a> {
             let mut added = Vec::new();
             let scope = self.opts.scope.clone();
             {
+                // The new manifest has the tree's paths (in scope, the image dropped the rest;
+                // a dry run leaves those in place, so they are not "added").
                 let tree = &self.tree;
-                let new = &self.man;
+                let gone = &self.gone;
+                let dry = self.opts.dry_run;
+                let known = |p: &str| {
+                    tree.contains_key(p)
+                        || (dry && gone.binary_search_by(|g| g.0.as_str().cmp(p)).is_ok())
+                };
                 for s in &scope {
-                    collect_added(
-                        &mut dc,
-                        s,
-                        &|p| tree.contains_key(p) || new.entries.contains_key(p),
-                        &mut added,
-                    )?;
+                    collect_added(&mut dc, s, &known, &mut added)?;
                 }
             }
             for a in added {
@@ -308,13 +338,73 @@ impl<'a> Engine<'a> {
                 self.policy_errors
             );
         }
+        if !self.opts.dry_run {
+            self.write_manifest()?;
+            log::debug!(
+                "wrote the manifest by {:.3}s (peak {} MiB)",
+                t0.elapsed().as_secs_f64(),
+                crate::logging::peak_mib()
+            );
+        }
         Ok(Outcome {
-            manifest: self.man,
             counts: self.counts,
             changes: self.changes,
             notes: self.notes,
             files,
             kept: self.kept,
         })
+    }
+}
+
+impl Engine<'_> {
+    /// The new manifest: the old one (streamed again) with the slots applied; the paths the
+    /// image dropped in scope leave it.
+    fn write_manifest(&self) -> Result<()> {
+        let mut old = Reader::open(self.cfg)?;
+        let mut w = Writer::create(self.cfg)?;
+        let mut more = old.next()?;
+        let mut i = 0;
+        while more || i < self.tree.len() {
+            let t = (i < self.tree.len()).then(|| self.tree.path(i));
+            let o = more.then(|| old.path());
+            match (o, t) {
+                (Some(o), t) if t.is_none_or(|t| o < t) => {
+                    if !in_scope(&self.opts.scope, o) {
+                        w.raw(old.raw())?;
+                    }
+                    more = old.next()?;
+                }
+                (o, Some(t)) => {
+                    let same = o == Some(t);
+                    match self.slots[i] {
+                        Slot::New(ino, mt, ct) => w.entry(
+                            t,
+                            &MEntry {
+                                e: self.tree.entry(i).clone(),
+                                live: (ino, mt, ct),
+                            },
+                        )?,
+                        Slot::Old | Slot::Queued if same => w.raw(old.raw())?,
+                        Slot::Old | Slot::Queued => {}
+                    }
+                    if same {
+                        more = old.next()?;
+                    }
+                    i += 1;
+                }
+                (_, None) => unreachable!("handled above"),
+            }
+        }
+        w.commit()
+    }
+
+    /// Records what the new manifest says of tree entry `i`: `e`, with this live state.
+    fn record(&mut self, i: usize, e: Entry, live: (u64, i64, i64)) {
+        match &mut self.hashes {
+            // The content phase: only a file's hash can differ from the tree's entry.
+            Some(h) => h.push((i, e.hash)),
+            None => *self.tree.entry_mut(i) = e,
+        }
+        self.slots[i] = Slot::New(live.0, live.1, live.2);
     }
 }

@@ -9,6 +9,7 @@ use crate::fs::at::{self, DirCache, Opened};
 use crate::fs::walk::{self, Walk};
 use crate::image::Kind;
 use crate::sync::live::{equals_manifest, kind_of, read_at, readlink};
+use crate::sync::manifest::MEntry;
 use crate::sync::MAX_LISTED;
 use anyhow::{Context, Result};
 use rustix::fs::{AtFlags, Stat};
@@ -17,13 +18,12 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 impl Engine<'_> {
     /// A path the image no longer has.
-    pub(super) fn delete(&mut self, dc: &mut DirCache, p: &str) -> Result<()> {
-        let m = self.man.entries[p].clone();
+    /// (It leaves the new manifest whatever happens here: an edit kept is the engineer's file.)
+    pub(super) fn delete(&mut self, dc: &mut DirCache, p: &str, m: &MEntry) -> Result<()> {
         let (parent, name) = at::split(p);
         let d = match dc.open(parent)? {
             Opened::Dir(d) => d,
             Opened::Missing(_) => {
-                self.man.entries.remove(p);
                 return Ok(());
             }
             Opened::Blocked(b) => {
@@ -32,18 +32,15 @@ impl Engine<'_> {
                 if self.tree.get(&b).is_none_or(|e| e.kind == Kind::Dir) {
                     self.keep(p, &format!("{b} is a symlink or a file in the live tree"));
                 }
-                self.man.entries.remove(p);
                 return Ok(());
             }
         };
         let Some(st) = at::lstat_at(d, name)? else {
-            self.man.entries.remove(p);
             return Ok(());
         };
-        let same = equals_manifest(&m, &st, d, name, &mut None)?;
+        let same = equals_manifest(m, &st, d, name, &mut None)?;
         if !same && !self.opts.force {
             self.keep(p, "removed from the image but changed here");
-            self.man.entries.remove(p);
             return Ok(());
         }
         if self.opts.dry_run {
@@ -77,7 +74,6 @@ impl Engine<'_> {
         if flags == AtFlags::REMOVEDIR {
             dc.forget(p);
         }
-        self.man.entries.remove(p);
         self.step();
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! never create a temp name before the journal lists it, and never put a file over a live entry
 //! that changed after it was decided.
 
-use super::Engine;
+use super::{Engine, Pending, Slot};
 use crate::fs::at::{self, DirCache, Opened};
 use crate::image::{Entry, Tree};
 use crate::sync::live::quick;
@@ -73,6 +73,14 @@ impl Engine<'_> {
         Ok(())
     }
 
+    /// Queues tree entry `i` (a file) for the content phase, with the live state seen now.
+    pub(super) fn queue(&mut self, i: usize, seen: Option<(u64, i64, i64, i64)>, backup: bool) {
+        self.slots[i] = Slot::Queued;
+        if seen.is_some() || backup {
+            self.pending.insert(i, Pending { seen, backup });
+        }
+    }
+
     /// Writes one file: temp file in the same directory, content, mode, mtime, rename.
     pub(super) fn write_file(
         &mut self,
@@ -81,9 +89,13 @@ impl Engine<'_> {
         i: usize,
         r: &mut dyn Read,
     ) -> Result<()> {
-        let Some(pending) = self.pending.remove(&i) else {
+        if self.slots[i] != Slot::Queued {
             return Ok(());
-        };
+        }
+        let pending = self.pending.remove(&i).unwrap_or(Pending {
+            seen: None,
+            backup: false,
+        });
         let p = tree.path(i);
         let mut e = tree.entry(i).clone();
         let (parent, name) = at::split(p);
@@ -216,7 +228,7 @@ impl Engine<'_> {
         }
         drop(f);
         self.step();
-        self.finish_written(d, name, p, e, "write", "")
+        self.finish_written(d, name, (i, p), e, "write", "")
     }
 
     /// After an entry is in place under its final name: the permissions policy, then the
@@ -226,7 +238,7 @@ impl Engine<'_> {
         &mut self,
         d: BorrowedFd<'_>,
         name: &str,
-        p: &str,
+        (i, p): (usize, &str),
         e: Entry,
         action: &str,
         detail: &str,
@@ -244,7 +256,7 @@ impl Engine<'_> {
             });
         }
         self.change(action, p, detail);
-        self.man.entries.insert(p.to_string(), MEntry { e, live });
+        self.record(i, e, live);
         Ok(())
     }
 }
