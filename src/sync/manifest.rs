@@ -133,6 +133,8 @@ pub(super) struct Reader {
     line_no: usize,
     line: String,
     path: String,
+    /// The previous path's buffer, reused.
+    spare: String,
 }
 
 impl Reader {
@@ -152,6 +154,7 @@ impl Reader {
             line_no: 0,
             line: String::new(),
             path: String::new(),
+            spare: String::new(),
         })
     }
 
@@ -183,14 +186,20 @@ impl Reader {
                 continue;
             }
             let field = self.line.split('\t').next().unwrap_or("");
-            let path = unesc(field);
+            let mut path = std::mem::take(&mut self.spare);
+            path.clear();
+            if field.contains('\\') {
+                path.push_str(&unesc(field));
+            } else {
+                path.push_str(field);
+            }
             if !is_tree_path(&path) {
                 return Err(self.damaged("not a path of the tree"));
             }
-            if self.line_no > 1 && !self.path.is_empty() && path <= self.path {
+            if !self.path.is_empty() && path <= self.path {
                 return Err(self.damaged("out of order"));
             }
-            self.path = path;
+            self.spare = std::mem::replace(&mut self.path, path);
             return Ok(true);
         }
     }
@@ -207,8 +216,9 @@ impl Reader {
 
     /// The current entry, parsed.
     pub(super) fn entry(&self) -> Result<MEntry> {
-        match parse_line(self.line.trim_end_matches('\n')) {
-            Some((_, m)) => Ok(m),
+        let rest = self.line.trim_end_matches('\n').split_once('\t');
+        match rest.and_then(|(_, rest)| parse_rest(rest)) {
+            Some(m) => Ok(m),
             None => Err(self.damaged("a field is missing or malformed")),
         }
     }
@@ -312,34 +322,37 @@ pub(super) fn line(p: &str, m: &MEntry, s: &mut String) {
 
 /// Parses what [`line`] wrote (without the newline); `None` when it is damaged.
 pub(super) fn parse_line(line: &str) -> Option<(String, MEntry)> {
-    let mut f = [""; 10];
-    let mut it = line.split('\t');
+    let (path, rest) = line.split_once('\t')?;
+    let path = unesc(path);
+    if !is_tree_path(&path) {
+        return None;
+    }
+    Some((path, parse_rest(rest)?))
+}
+
+/// The fields after the path.
+fn parse_rest(rest: &str) -> Option<MEntry> {
+    let mut f = [""; 9];
+    let mut it = rest.split('\t');
     for slot in f.iter_mut() {
         *slot = it.next()?;
     }
     if it.next().is_some() {
         return None;
     }
-    let (mt, mn) = f[4].split_once('.')?;
-    let path = unesc(f[0]);
-    if !is_tree_path(&path) {
-        return None;
-    }
-    Some((
-        path,
-        MEntry {
-            e: Entry {
-                kind: Kind::from_letter(f[1])?,
-                mode: u32::from_str_radix(f[2], 8).ok()?,
-                size: f[3].parse().ok()?,
-                mtime: mt.parse().ok()?,
-                mtime_nsec: mn.parse().ok()?,
-                hash: unhex(f[5]),
-                target: (!f[6].is_empty()).then(|| unesc(f[6])),
-            },
-            live: (f[7].parse().ok()?, f[8].parse().ok()?, f[9].parse().ok()?),
+    let (mt, mn) = f[3].split_once('.')?;
+    Some(MEntry {
+        e: Entry {
+            kind: Kind::from_letter(f[0])?,
+            mode: u32::from_str_radix(f[1], 8).ok()?,
+            size: f[2].parse().ok()?,
+            mtime: mt.parse().ok()?,
+            mtime_nsec: mn.parse().ok()?,
+            hash: unhex(f[4]),
+            target: (!f[5].is_empty()).then(|| unesc(f[5])),
         },
-    ))
+        live: (f[6].parse().ok()?, f[7].parse().ok()?, f[8].parse().ok()?),
+    })
 }
 
 /// A path of the tree as the manifest and the journal hold it: relative, no empty, `.` or `..`

@@ -241,9 +241,15 @@ impl<'a> Engine<'a> {
         // Phase 1: what the image dropped, children first (the old manifest's paths in scope
         // that the tree does not have).
         let mut old = Reader::open(self.cfg)?;
+        let mut j = 0;
         while old.next()? {
+            // Both are sorted: walk them side by side.
             let p = old.path();
-            if in_scope(&self.opts.scope, p) && !self.tree.contains_key(p) {
+            while j < self.tree.len() && self.tree.path(j) < p {
+                j += 1;
+            }
+            let in_tree = j < self.tree.len() && self.tree.path(j) == p;
+            if !in_tree && in_scope(&self.opts.scope, p) {
                 self.gone.push((p.to_string(), old.entry()?));
             }
         }
