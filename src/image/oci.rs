@@ -193,6 +193,33 @@ fn manifest_for(store: &Store, digest: &str) -> Result<Value> {
     bail!("the index {digest} nests too deep")
 }
 
+/// The image config must be there, match its digest, and list one diff ID per layer (an
+/// uncompressed layer's diff ID is its own digest); anything else is a damaged or tampered
+/// image, refused before a layer is read.
+fn check_config(store: &Store, m: &Value, layers: &[(String, String)]) -> Result<()> {
+    let cd = m["config"]["digest"]
+        .as_str()
+        .context("the manifest names no config blob")?;
+    let conf = store.json(cd)?;
+    let ids = conf["rootfs"]["diff_ids"]
+        .as_array()
+        .context("the config has no rootfs.diff_ids")?;
+    if ids.len() != layers.len() {
+        bail!(
+            "the config lists {} layer diff IDs, the manifest {} layers; pull the image again",
+            ids.len(),
+            layers.len()
+        );
+    }
+    for (id, (d, mt)) in ids.iter().zip(layers) {
+        let id = id.as_str().context("a diff ID that is not a string")?;
+        if mt.ends_with(".tar") && id != d {
+            bail!("the uncompressed layer {d} has the diff ID {id} in the config; they must be equal; pull the image again");
+        }
+    }
+    Ok(())
+}
+
 /// A layered image: its manifest's layers; the tree is read from them on demand.
 pub(super) fn open_layered(
     cfg: &Config,
@@ -208,6 +235,8 @@ pub(super) fn open_layered(
         let mt = l["mediaType"].as_str().unwrap_or("").to_string();
         layers.push((d.to_string(), mt));
     }
+    check_config(&store, &m, &layers)
+        .with_context(|| format!("reading the config of {reference} ({digest})"))?;
     let prefix = cfg
         .image
         .path

@@ -389,9 +389,7 @@ fn blobs_that_do_not_match_their_digests_are_refused_and_nothing_is_written() {
     b.append_data(&mut h, "srv/mediawiki/ok.php", &b"fine\n"[..])
         .unwrap();
     let t = b.into_inner().unwrap();
-    // (A config blob is read only for the creation time of a tag that is not a publish tag;
-    // one that fails its digest check is not used: the time is unknown, as with no config.)
-    for victim in ["layer", "manifest"] {
+    for victim in ["layer", "manifest", "config"] {
         let (w, _) = world("");
         let dir = w.path().join("layout");
         layout(
@@ -408,6 +406,7 @@ fn blobs_that_do_not_match_their_digests_are_refused_and_nothing_is_written() {
             // (serde_json writes keys sorted: a manifest starts with its config descriptor.)
             let is = match victim {
                 "layer" => bytes == t,
+                "config" => bytes.starts_with(b"{\"architecture\""),
                 _ => bytes.starts_with(b"{\"config\""),
             };
             if is {
