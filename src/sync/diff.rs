@@ -4,7 +4,7 @@
 //! symlink of the live tree (a blocked path is reported as modified, not entered).
 
 use super::live::{collect_added, equals_manifest, read_at};
-use super::manifest::{LastSync, Manifest};
+use super::manifest::{LastSync, Reader};
 use super::{in_scope, scope_of, sync_dir, under};
 use crate::config::Config;
 use crate::fs::at::{self, DirCache, Opened};
@@ -27,10 +27,14 @@ pub fn diff(
     json: bool,
 ) -> Result<(String, bool)> {
     let scope = scope_of(cfg, paths)?;
-    let manifest = Manifest::read(cfg)?;
+    // The manifest is streamed (at a million entries it is ~150 MB of text); only the paths in
+    // scope are kept, to tell engineers' additions from ours.
+    let mut man = Reader::open(cfg)?;
+    let mut known: Vec<String> = Vec::new();
+    let mut first = man.next()?;
     // The last sync's record says whether the tree was synced: an image with nothing at
     // `image.path` leaves an empty manifest, and the tree then still has edits to list.
-    if manifest.entries.is_empty() && LastSync::read(cfg)?.is_none() {
+    if !first && LastSync::read(cfg)?.is_none() {
         bail!(
             "diff: the tree {} was never synced (no manifest in {}); run `mw-experimental sync` first",
             cfg.code.path.display(),
@@ -44,10 +48,13 @@ pub fn diff(
     let mut deleted = Vec::new();
     let mut added = Vec::new();
     let mut blocked: Option<String> = None;
-    for (p, m) in &manifest.entries {
+    while first || man.next()? {
+        first = false;
+        let p = man.path();
         if !in_scope(&scope, p) {
             continue;
         }
+        known.push(p.to_string());
         if blocked.as_ref().is_some_and(|b| under(p, b)) {
             continue;
         }
@@ -55,7 +62,7 @@ pub fn diff(
         let d = match dc.open(parent)? {
             Opened::Dir(d) => d,
             Opened::Missing(_) => {
-                deleted.push(p.clone());
+                deleted.push(p.to_string());
                 continue;
             }
             Opened::Blocked(b) => {
@@ -65,10 +72,10 @@ pub fn diff(
             }
         };
         match at::lstat_at(d, name)? {
-            None => deleted.push(p.clone()),
+            None => deleted.push(p.to_string()),
             Some(st) => {
-                if !equals_manifest(m, &st, d, name, &mut None)? {
-                    modified.push(p.clone());
+                if !equals_manifest(&man.entry()?, &st, d, name, &mut None)? {
+                    modified.push(p.to_string());
                 }
             }
         }
@@ -79,7 +86,7 @@ pub fn diff(
         collect_added(
             &mut dc,
             s,
-            &|p| manifest.entries.contains_key(p),
+            &|p| known.binary_search_by(|k| k.as_str().cmp(p)).is_ok(),
             &mut added,
         )?;
     }

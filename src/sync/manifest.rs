@@ -2,8 +2,10 @@
 //! tree: the image entry as written and the live inode/mtime/ctime right after; tab-separated,
 //! with `\\`, tab and newline escaped and hashes in hex) and `last.json` ([`LastSync`]: the
 //! image digest, which the unchanged-image check reads without parsing the manifest). It must
-//! never write either file in place (a killed run leaves the old one whole), and never skip a
-//! damaged manifest line: that is an error naming the file, the line and what to do.
+//! never write either file in place (a killed run leaves the old one whole), never skip a
+//! damaged or out-of-order manifest line (that is an error naming the file, the line and what to
+//! do), and never hold the whole manifest: it is read with a [`Reader`] and written with a
+//! [`Writer`], a line at a time in path order, because at a million entries it is ~150 MB.
 
 use super::sync_dir;
 use crate::config::Config;
@@ -12,7 +14,6 @@ use crate::tsv::{esc, unesc};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::BufRead as _;
 use std::path::PathBuf;
@@ -71,11 +72,6 @@ pub(super) struct MEntry {
     pub(super) live: (u64, i64, i64),
 }
 
-#[derive(Clone, Debug, Default)]
-pub(super) struct Manifest {
-    pub(super) entries: BTreeMap<String, MEntry>,
-}
-
 fn hex(h: &[u8; 32]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(64);
@@ -97,31 +93,14 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
     Some(h)
 }
 
+/// The manifest file: `manifest.tsv` in the sync state directory.
+struct Manifest;
+
 impl Manifest {
     const HEADER: &'static str = "# mw-experimental sync manifest v1: path kind mode size mtime.nsec blake3 target ino live_mtime_ns live_ctime_ns";
 
     fn path(cfg: &Config) -> PathBuf {
         sync_dir(cfg).join("manifest.tsv")
-    }
-
-    pub(super) fn read(cfg: &Config) -> Result<Manifest> {
-        let mut r = Reader::open(cfg)?;
-        let mut entries = Vec::new();
-        while r.next()? {
-            entries.push((r.path().to_string(), r.entry()?));
-        }
-        // The file is sorted (the reader checks): the map is built in bulk.
-        Ok(Manifest {
-            entries: entries.into_iter().collect(),
-        })
-    }
-
-    pub(super) fn write(&self, cfg: &Config) -> Result<()> {
-        let mut w = Writer::create(cfg)?;
-        for (p, m) in &self.entries {
-            w.entry(p, m)?;
-        }
-        w.commit()
     }
 }
 
@@ -359,4 +338,90 @@ fn parse_rest(rest: &str) -> Option<MEntry> {
 /// component. Anything else in those files is damage, never a path to open.
 pub(super) fn is_tree_path(p: &str) -> bool {
     !p.is_empty() && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &std::path::Path) -> Config {
+        let c = Config {
+            state_dir: dir.to_path_buf(),
+            ..Default::default()
+        };
+        std::fs::create_dir_all(sync_dir(&c)).unwrap();
+        c
+    }
+
+    fn entry(size: u64) -> MEntry {
+        MEntry {
+            e: Entry {
+                kind: Kind::File,
+                mode: 0o644,
+                size,
+                mtime: 1,
+                mtime_nsec: 0,
+                hash: Some([7; 32]),
+                target: None,
+            },
+            live: (1, 2, 3),
+        }
+    }
+
+    #[test]
+    fn written_lines_read_back_in_order_and_seek_finds_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = cfg(tmp.path());
+        let mut w = Writer::create(&c).unwrap();
+        for (i, p) in ["a", "a.b", "a/b", "tab\there", "z"].iter().enumerate() {
+            w.entry(p, &entry(i as u64)).unwrap();
+        }
+        w.commit().unwrap();
+        let mut r = Reader::open(&c).unwrap();
+        assert_eq!(r.seek("a/b").unwrap().unwrap().e.size, 2);
+        assert!(r.seek("b").unwrap().is_none());
+        assert_eq!(r.seek("tab\there").unwrap().unwrap().e.size, 3);
+        assert!(r.next().unwrap());
+        assert_eq!(r.path(), "z");
+        assert!(!r.next().unwrap());
+    }
+
+    #[test]
+    fn an_unsorted_or_damaged_manifest_is_an_error_naming_the_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = cfg(tmp.path());
+        let mut w = Writer::create(&c).unwrap();
+        w.entry("b", &entry(1)).unwrap();
+        w.entry("a", &entry(1)).unwrap();
+        w.commit().unwrap();
+        let mut r = Reader::open(&c).unwrap();
+        assert!(r.next().unwrap());
+        let e = r.next().unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("out of order"), "{e}");
+        std::fs::write(Manifest::path(&c), "x\tf\n").unwrap();
+        let mut r = Reader::open(&c).unwrap();
+        assert!(r.next().unwrap());
+        let e = r.entry().unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("damaged"), "{e}");
+    }
+
+    #[test]
+    fn an_uncommitted_writer_leaves_the_old_manifest_and_no_temp_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = cfg(tmp.path());
+        let mut w = Writer::create(&c).unwrap();
+        w.entry("old", &entry(1)).unwrap();
+        w.commit().unwrap();
+        let mut w = Writer::create(&c).unwrap();
+        w.entry("new", &entry(1)).unwrap();
+        drop(w);
+        let names: Vec<_> = std::fs::read_dir(sync_dir(&c))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["manifest.tsv"]);
+        let mut r = Reader::open(&c).unwrap();
+        assert!(r.next().unwrap());
+        assert_eq!(r.path(), "old");
+    }
 }

@@ -10,7 +10,7 @@
 //! an edit), nor follow a symlink on the way there.
 
 use super::live::{equals_manifest, kind_of, quick};
-use super::manifest::{is_tree_path, parse_line, Manifest};
+use super::manifest::{is_tree_path, parse_line, MEntry, Reader, Writer};
 use super::sync_dir;
 use crate::config::Config;
 use crate::fs::at::{self, DirCache, Opened};
@@ -18,16 +18,17 @@ use crate::image::Kind;
 use crate::tsv::unesc;
 use anyhow::{Context, Result};
 use rustix::fs::AtFlags;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead as _;
+use std::path::Path;
 
 /// Removes the temp files a killed run left (listed in the journal), without walking the tree,
 /// and records its finished steps in the manifest. Returns whether a killed run was found.
 pub(super) fn recover(cfg: &Config) -> Result<bool> {
     let jp = sync_dir(cfg).join("journal");
-    let text = match std::fs::read_to_string(&jp) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", jp.display())),
-    };
+    if !jp.try_exists().unwrap_or(true) {
+        return Ok(false);
+    }
     let root = match at::open_dir_path(&cfg.code.path) {
         Ok(r) => r,
         Err(_) => {
@@ -37,14 +38,14 @@ pub(super) fn recover(cfg: &Config) -> Result<bool> {
     };
     let mut dc = DirCache::new(root);
     let mut n = 0;
-    for line in text.lines() {
+    each_line(&jp, &mut |line| {
         let Some(rel) = line.strip_prefix("tmp\t") else {
-            continue;
+            return Ok(());
         };
         let rel = unesc(rel);
         let (parent, name) = at::split(&rel);
         if !is_tree_path(&rel) || !name.starts_with(".mwx-tmp.") {
-            continue;
+            return Ok(());
         }
         if let Opened::Dir(d) = dc.open(parent)? {
             if let Some(st) = at::lstat_at(d, name)? {
@@ -55,55 +56,121 @@ pub(super) fn recover(cfg: &Config) -> Result<bool> {
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     if n > 0 {
         log::info!("removed {n} temporary file(s) left by an interrupted run");
     }
-    let mut man: Option<Manifest> = None;
+    // The finished steps, in journal order: what was put in place, and what was removed (a
+    // subtree). A later step at a path overrides an earlier one.
+    let mut sets: BTreeMap<String, MEntry> = BTreeMap::new();
+    let mut dels: BTreeSet<String> = BTreeSet::new();
     let mut recorded = 0u64;
-    for line in text.lines() {
+    each_line(&jp, &mut |line| {
         let (rel, want) = if let Some(rest) = line.strip_prefix("set\t") {
             match parse_line(rest) {
                 Some((p, m)) => (p, Some(m)),
                 // A line cut short by the kill: its step never ran.
-                None => continue,
+                None => return Ok(()),
             }
         } else if let Some(rest) = line.strip_prefix("del\t") {
             (unesc(rest), None)
         } else {
-            continue;
+            return Ok(());
         };
         if !is_tree_path(&rel) {
-            continue;
+            return Ok(());
         }
-        let man = match &mut man {
-            Some(m) => m,
-            None => man.insert(Manifest::read(cfg)?),
-        };
         let (parent, name) = at::split(&rel);
         let live = match dc.open(parent)? {
             Opened::Dir(d) => at::lstat_at(d, name)?.map(|st| (d, st)),
             Opened::Missing(_) => None,
-            Opened::Blocked(_) => continue,
+            Opened::Blocked(_) => return Ok(()),
         };
         match (want, live) {
             (None, None) => {
-                man.entries
-                    .retain(|k, _| k != &rel && !super::under(k, &rel));
+                let below: Vec<String> = sets
+                    .range(rel.clone()..)
+                    .take_while(|(k, _)| k.starts_with(rel.as_str()))
+                    .filter(|(k, _)| super::under(k, &rel))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in below {
+                    sets.remove(&k);
+                }
+                dels.insert(rel);
                 recorded += 1;
             }
             (Some(mut m), Some((d, st))) if equals_manifest(&m, &st, d, name, &mut None)? => {
                 m.live = quick(&st);
-                man.entries.insert(rel, m);
+                sets.insert(rel, m);
                 recorded += 1;
             }
             _ => {}
         }
-    }
-    if let Some(man) = &man {
-        man.write(cfg)?;
+        Ok(())
+    })?;
+    if recorded > 0 {
+        rewrite(cfg, &sets, &dels)?;
         log::info!("recorded {recorded} finished step(s) of an interrupted run in the manifest");
     }
     std::fs::remove_file(&jp).with_context(|| format!("removing {}", jp.display()))?;
     Ok(true)
+}
+
+/// Calls `f` with each line of the journal, read a line at a time.
+fn each_line(jp: &Path, f: &mut dyn FnMut(&str) -> Result<()>) -> Result<()> {
+    let file = std::fs::File::open(jp).with_context(|| format!("reading {}", jp.display()))?;
+    let mut r = std::io::BufReader::new(file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = r
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("reading {}", jp.display()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        // A line that is not UTF-8 was cut or damaged: its step is not taken.
+        if let Ok(l) = std::str::from_utf8(&line) {
+            f(l.trim_end_matches('\n'))?;
+        }
+    }
+}
+
+/// The manifest with the finished steps applied, streamed from the old one: removed subtrees
+/// leave it, what was put in place replaces or joins it.
+fn rewrite(cfg: &Config, sets: &BTreeMap<String, MEntry>, dels: &BTreeSet<String>) -> Result<()> {
+    let deleted = |p: &str| {
+        !dels.is_empty() && {
+            let mut a = p;
+            loop {
+                if dels.contains(a) {
+                    break true;
+                }
+                match a.rfind('/') {
+                    Some(i) => a = &a[..i],
+                    None => break false,
+                }
+            }
+        }
+    };
+    let mut old = Reader::open(cfg)?;
+    let mut w = Writer::create(cfg)?;
+    let mut new = sets.iter().peekable();
+    while old.next()? {
+        let p = old.path();
+        while let Some((k, m)) = new.next_if(|(k, _)| k.as_str() < p) {
+            w.entry(k, m)?;
+        }
+        if let Some((k, m)) = new.next_if(|(k, _)| k.as_str() == p) {
+            w.entry(k, m)?;
+        } else if !deleted(p) {
+            w.raw(old.raw())?;
+        }
+    }
+    for (k, m) in new {
+        w.entry(k, m)?;
+    }
+    w.commit()
 }
