@@ -275,8 +275,15 @@ impl<'a> Engine<'a> {
             if blocked.as_deref().is_some_and(|b| under(p, b)) || !in_scope(&self.opts.scope, p) {
                 continue;
             }
+            let m = old.seek(p)?;
+            if let Some(m) = &m {
+                // The common case, settled without a copy: the image did not change it.
+                let e = self.tree.entry(i);
+                if !self.opts.all_changed && e.hash.is_some() && e == &m.e {
+                    continue;
+                }
+            }
             let p = p.to_string();
-            let m = old.seek(&p)?;
             let e = self.tree.entry(i).clone();
             if let Some(b) = self.decide(&mut dc, i, &p, e, m)? {
                 blocked = Some(b);
