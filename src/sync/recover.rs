@@ -85,6 +85,9 @@ pub(super) fn recover(cfg: &Config) -> Result<bool> {
         let live = match dc.open(parent)? {
             Opened::Dir(d) => at::lstat_at(d, name)?.map(|st| (d, st)),
             Opened::Missing(_) => None,
+            // Below a file or a symlink nothing of the tree can be: a removal there is done
+            // (the killed run went on to put a file where its directory was).
+            Opened::Blocked(_) if want.is_none() => None,
             Opened::Blocked(_) => return Ok(()),
         };
         match (want, live) {

@@ -715,6 +715,30 @@ fn regression_killed_sync_then_another_image_completes_the_tree() {
     );
 }
 
+/// Found by `tests/sync-model-long` (seed 5017, after the manifest became a stream): a sync
+/// killed after it removed `d/e/z` and `d/e` and put a file at `d`; the next image has `d/e/z`
+/// again. Recovery skipped the journaled removals below the file `d` (it could not look there),
+/// so the manifest still had the directory `d/e`; the next sync took it as unchanged and never
+/// created it. A removal below a file or symlink is now recorded as done.
+#[test]
+fn regression_killed_sync_that_turned_a_directory_into_a_file_then_back() {
+    use ImgOp::*;
+    replay(
+        false,
+        vec![Put(6, false), Put(0, false)],
+        vec![
+            Op::Image(vec![Put(0, false)]),
+            Op::Sync,
+            Op::Image(vec![Put(7, false), Put(2, false)]),
+            Op::Kill {
+                after: 5,
+                force: false,
+            },
+            Op::Image(vec![Put(6, false)]),
+        ],
+    );
+}
+
 /// Found by the random test (a model fix, not a sync bug): a directory the image dropped but
 /// that held an engineer's symlink stays after `reset` removes the symlink below it; it is
 /// then an engineer's leftover (`diff` lists it as added), never silently deleted.
