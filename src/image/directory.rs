@@ -100,7 +100,7 @@ pub(super) fn scan(root: BorrowedFd<'_>) -> Result<(Tree, String, Vec<String>)> 
         listing.update(line.as_bytes());
     }
     let digest = format!("blake3:{}", listing.finalize().to_hex());
-    let tree = Tree::from_sorted(all.into_iter().map(|s| (s.rel, s.entry, 0)).collect());
+    let tree = Tree::from_sorted(all.into_iter().map(|s| (s.rel, s.entry, 0)).collect())?;
     Ok((tree, digest, bad))
 }
 

@@ -1,49 +1,76 @@
 //! Layered images (OCI layout and containerd): the layers' tar streams (plain, gzip or zstd)
-//! merged in memory, in order, applying whiteouts and opaque directories, into the code tree
-//! below `image.path`; and the chosen files' contents streamed back out of the layers. Tar
-//! entries are data: an entry whose path climbs out with `..` or is not UTF-8, a hard link to
-//! anything but a file of the tree, a device or fifo, or an entry below a symlink or a file is
-//! dropped and reported. Every layer is read whole and checked against its digest before its
-//! tree is used, and stopped at `image.max_layer_bytes` unpacked. It must never produce a path
-//! outside the tree, and never write to the disk (nothing is unpacked; `sync` does the
-//! writing) except the layer cache (`layer_cache`): a layer chain parsed before is not read again.
+//! read, in order, into one path arena and node vector, which `merge` turns into the code tree
+//! below `image.path` (applying whiteouts and opaque directories); and the chosen files'
+//! contents streamed back out of the layers. Tar entries are data: an entry whose path climbs
+//! out with `..` or is not UTF-8, a hard link to anything but a file of the tree, a device or
+//! fifo, or an entry below a symlink or a file is dropped and reported; entries outside
+//! `image.path` (and not on the way to it) are not kept at all. Every layer is read whole and
+//! checked against its digest before its tree is used, and stopped at `image.max_layer_bytes`
+//! unpacked and `image.max_layer_entries` entries. It must never produce a path outside the
+//! tree, and never write to the disk (nothing is unpacked; `sync` does the writing) except the
+//! layer cache (`layer_cache`): a layer chain parsed before is not read again.
 
 use super::layer_cache::LayerCache;
+use super::merge::Marks;
 use super::oci::Store;
+use super::tree::{intern, Node};
 use super::verify::Limited;
 use super::{clean_mode, Entry, Kind, Tree};
 use crate::fs::at;
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeMap;
 use std::io::Read;
+
+/// The limits on one layer: unpacked bytes and entries.
+#[derive(Clone, Copy)]
+pub(super) struct Limits {
+    pub(super) max_bytes: u64,
+    pub(super) max_entries: u64,
+}
 
 /// The code tree (below `prefix`) of the merged layers. Report lines for anything dropped go to
 /// `notes`; each file of the tree knows where its content is (layer, entry index in the tar).
-/// Each layer stops at the given unpacked size; the cache (if any) spares re-reading a layer chain.
+/// Each layer stops at the given limits; the cache (if any) spares re-reading a layer chain.
+///
+/// How: every layer's entries under `prefix` (and on the way to it) go into one path arena and
+/// one node vector, each node carrying its position (layer, tar index), which is also its
+/// sequence; one sort by (path, sequence); hard links resolved against what was visible when
+/// they were read; then one pass keeps the last entry of each path unless a whiteout or opaque
+/// marker of a higher layer, or a non-directory of a higher sequence at an ancestor, hides it.
 pub(super) fn tree(
     store: &Store,
     layers: &[(String, String)],
     prefix: &str,
     reference: &str,
-    (max_layer_bytes, cache): (u64, Option<&LayerCache>),
+    (limits, cache): (Limits, Option<&LayerCache>),
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
-    // Full image path -> (entry, layer, index). Only entries under `prefix` are hashed.
-    let mut merged: BTreeMap<String, (Entry, usize, u64)> = BTreeMap::new();
+    let mut arena = String::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut marks = Marks::default();
     let under = |p: &str| prefix.is_empty() || p == prefix || p.starts_with(&format!("{prefix}/"));
+    // Kept: what is under `prefix`, and the directories on the way to it.
+    let keep = |p: &str| {
+        under(p)
+            || (prefix.len() > p.len()
+                && prefix.starts_with(p)
+                && prefix.as_bytes()[p.len()] == b'/')
+    };
     for (li, (digest, mt)) in layers.iter().enumerate() {
         let key = cache.map(|c| (c, LayerCache::key(prefix, &layers[..=li])));
-        if let Some(p) = key.as_ref().and_then(|(c, k)| c.load(k)) {
+        if let Some(p) = key
+            .as_ref()
+            .and_then(|(c, k)| c.load(k, li, &mut arena, &mut nodes))
+        {
             log::debug!("layer {digest}: from the layer cache");
             notes.extend(p.notes);
-            merge(&mut merged, p.opaque, p.whiteouts, p.adds);
+            marks.add(li, p.whiteouts, p.opaque);
             continue;
         }
+        let first_node = nodes.len();
         let notes_before = notes.len();
         let (raw, verified) = store.open_verified(digest)?;
-        let r = Limited::new(decompress(mt, raw)?, max_layer_bytes, digest);
+        let r = Limited::new(decompress(mt, raw)?, limits.max_bytes, digest);
         let mut ar = tar::Archive::new(r);
-        let mut adds: Vec<(String, Entry, u64)> = Vec::new();
         let mut whiteouts = Vec::new();
         let mut opaque = Vec::new();
         // A damaged or tampered blob reports its digest mismatch, not whatever the tar parser
@@ -53,6 +80,14 @@ pub(super) fn tree(
                 .entries()
                 .with_context(|| format!("reading the layer {digest}"))?;
             for (ei, e) in entries.enumerate() {
+                if ei as u64 >= limits.max_entries {
+                    bail!(
+                        "the layer {digest} has more than {} entries (image.max_layer_entries): \
+                         refusing it, it would exhaust memory; raise image.max_layer_entries if \
+                         the image is genuine",
+                        limits.max_entries
+                    );
+                }
                 let mut e = e.with_context(|| format!("reading the layer {digest}"))?;
                 let raw = e.path_bytes().into_owned();
                 let Some(path) = normalize(&raw) else {
@@ -76,6 +111,9 @@ pub(super) fn tree(
                     } else {
                         format!("{parent}/{hidden}")
                     });
+                    continue;
+                }
+                if !keep(&path) {
                     continue;
                 }
                 let h = e.header().clone();
@@ -110,30 +148,24 @@ pub(super) fn tree(
                         target: Some(t),
                     }
                 } else if et.is_hard_link() {
-                    // Same content as an earlier entry: copy that entry (as a separate file).
-                    let t = e.link_name_bytes().and_then(|b| normalize(&b));
-                    let src = t.and_then(|t| {
-                        adds.iter()
-                            .rev()
-                            .find(|a| a.0 == t)
-                            .map(|a| (a.1.clone(), a.2))
-                            .or_else(|| {
-                                merged
-                                    .get(&t)
-                                    .map(|(e, l, i)| (e.clone(), encode_pos(*l, *i)))
-                            })
-                    });
-                    match src {
-                        Some((src, pos))
-                            if src.kind == Kind::File && (src.hash.is_some() || !under(&path)) =>
-                        {
-                            adds.push((path, Entry { mtime, ..src }, pos));
+                    // Same content as an earlier entry: resolved once all layers are read.
+                    match e.link_name_bytes().and_then(|b| normalize(&b)) {
+                        Some(t) if !t.is_empty() => Entry {
+                            kind: Kind::File,
+                            mode: 0,
+                            size: 0,
+                            mtime,
+                            mtime_nsec: 0,
+                            hash: None,
+                            target: Some(t),
+                        },
+                        _ => {
+                            notes.push(format!(
+                                "image: dropped the hard link {path:?}: its target is not a file of the tree"
+                            ));
+                            continue;
                         }
-                        _ => notes.push(format!(
-                            "image: dropped the hard link {path:?}: its target is not a file of the tree"
-                        )),
                     }
-                    continue;
                 } else if et.is_file() {
                     let hash = if under(&path) {
                         let mut hs = blake3::Hasher::new();
@@ -160,7 +192,13 @@ pub(super) fn tree(
                     }
                     continue;
                 };
-                adds.push((path, entry, encode_pos(li, ei as u64)));
+                let (off, len) = intern(&mut arena, &path)?;
+                nodes.push(Node {
+                    off,
+                    len,
+                    pos: encode_pos(li, ei as u64),
+                    entry,
+                });
             }
             Ok(())
         })();
@@ -177,87 +215,18 @@ pub(super) fn tree(
             bail!("the layer {digest} was not read to its end, so its digest is unverified: it has data after its compressed stream");
         }
         if let Some((c, k)) = &key {
-            c.store(k, &adds, &whiteouts, &opaque, &notes[notes_before..]);
+            c.store(
+                k,
+                &arena,
+                &nodes[first_node..],
+                &whiteouts,
+                &opaque,
+                &notes[notes_before..],
+            );
         }
-        merge(&mut merged, opaque, whiteouts, adds);
+        marks.add(li, whiteouts, opaque);
     }
-    // The tree root must be a real directory all the way down in the image.
-    if !prefix.is_empty() {
-        let mut acc = String::new();
-        for c in prefix.split('/') {
-            if !acc.is_empty() {
-                acc.push('/');
-            }
-            acc.push_str(c);
-            if let Some((e, _, _)) = merged.get(&acc) {
-                if e.kind != Kind::Dir {
-                    bail!(
-                        "in the image {}, /{acc} is not a directory (a {}); image.path must be a directory of the image",
-                        reference,
-                        if e.kind == Kind::Symlink { "symlink" } else { "file" }
-                    );
-                }
-            }
-        }
-    }
-    let mut tree: BTreeMap<String, (Entry, u64)> = BTreeMap::new();
-    let start = if prefix.is_empty() {
-        String::new()
-    } else {
-        format!("{prefix}/")
-    };
-    for (full, (entry, l, i)) in merged.range(start.clone()..) {
-        if !full.starts_with(&start) {
-            break;
-        }
-        let rel = &full[start.len()..];
-        // Every ancestor inside the tree must be a directory of the image.
-        let mut ok = true;
-        let mut anc = rel;
-        while let Some(idx) = anc.rfind('/') {
-            anc = &anc[..idx];
-            match tree.get(anc) {
-                Some((e, _)) if e.kind == Kind::Dir => break,
-                Some(_) => {
-                    ok = false;
-                    break;
-                }
-                None => match merged.get(&format!("{start}{anc}")) {
-                    Some((e, _, _)) if e.kind != Kind::Dir => {
-                        ok = false;
-                        break;
-                    }
-                    _ => {
-                        tree.insert(
-                            anc.to_string(),
-                            (
-                                Entry {
-                                    kind: Kind::Dir,
-                                    mode: 0o755,
-                                    size: 0,
-                                    mtime: 0,
-                                    mtime_nsec: 0,
-                                    hash: None,
-                                    target: None,
-                                },
-                                0,
-                            ),
-                        );
-                    }
-                },
-            }
-        }
-        if !ok {
-            notes.push(format!(
-                "image: dropped {rel:?}: a parent of it is a symlink or a file in the image"
-            ));
-            continue;
-        }
-        tree.insert(rel.to_string(), (entry.clone(), encode_pos(*l, *i)));
-    }
-    Ok(Tree::from_sorted(
-        tree.into_iter().map(|(p, (e, pos))| (p, e, pos)).collect(),
-    ))
+    super::merge::merge(arena, nodes, &marks, prefix, reference, &under, notes)
 }
 
 /// Streams the content of each file in `wanted` (indices into `tree`, which [`tree`] built) to
@@ -322,29 +291,6 @@ pub(super) fn fetch(
     Ok(())
 }
 
-/// Puts one layer over the merged tree: whiteouts hide what the lower layers had; this layer's
-/// own entries stay.
-fn merge(
-    merged: &mut BTreeMap<String, (Entry, usize, u64)>,
-    opaque: Vec<String>,
-    whiteouts: Vec<String>,
-    adds: Vec<(String, Entry, u64)>,
-) {
-    for d in opaque {
-        remove_below(merged, &d, false);
-    }
-    for w in whiteouts {
-        remove_below(merged, &w, true);
-    }
-    for (path, entry, pos) in adds {
-        if entry.kind != Kind::Dir {
-            remove_below(merged, &path, false);
-        }
-        let (l, i) = decode_pos(pos);
-        merged.insert(path, (entry, l, i));
-    }
-}
-
 /// Normalises a path from a tar header: relative, no `.` or empty components; `None` when it
 /// has `..` or is not UTF-8.
 fn normalize(raw: &[u8]) -> Option<String> {
@@ -376,31 +322,12 @@ fn decompress(media_type: &str, r: Box<dyn Read>) -> Result<Box<dyn Read>> {
     }
 }
 
-fn encode_pos(layer: usize, index: u64) -> u64 {
+pub(super) fn encode_pos(layer: usize, index: u64) -> u64 {
     ((layer as u64) << 40) | index
 }
 
-fn decode_pos(p: u64) -> (usize, u64) {
+pub(super) fn decode_pos(p: u64) -> (usize, u64) {
     ((p >> 40) as usize, p & ((1 << 40) - 1))
-}
-
-fn remove_below<V>(m: &mut BTreeMap<String, V>, path: &str, and_self: bool) {
-    if and_self {
-        m.remove(path);
-    }
-    let start = if path.is_empty() {
-        String::new()
-    } else {
-        format!("{path}/")
-    };
-    let keys: Vec<String> = m
-        .range(start.clone()..)
-        .take_while(|(k, _)| k.starts_with(&start))
-        .map(|(k, _)| k.clone())
-        .collect();
-    for k in keys {
-        m.remove(&k);
-    }
 }
 
 #[cfg(test)]

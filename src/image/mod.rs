@@ -19,8 +19,9 @@
 //! This folder: `mod.rs` holds the shape every source gives ([`Image`], [`Entry`], [`Tree`]),
 //! the choice of the newest candidate (publish tags first) and the dispatch over sources;
 //! `oci` the OCI format (blob store, index, manifest, config), `containerd` the `ctr`
-//! subprocess, `layers` the tar merge and its hostile-entry filter, `directory` the plain-tree
-//! source. Nothing here writes to the code tree, mounts or unpacks anything, or runs a shell.
+//! subprocess, `layers` the tar reading and its hostile-entry filter, `merge` the layers' merge
+//! into the tree, `layer_cache` what each layer chain gave, `tree` the compact tree,
+//! `directory` the plain-tree source. Nothing here writes to the code tree, mounts or unpacks anything, or runs a shell.
 
 use crate::config::{Config, ImageSource};
 use anyhow::{bail, Context, Result};
@@ -32,6 +33,7 @@ mod containerd;
 mod directory;
 mod layer_cache;
 mod layers;
+mod merge;
 mod oci;
 pub mod release;
 pub mod tag;
@@ -114,6 +116,8 @@ enum Backend {
         prefix: String,
         /// `image.max_layer_bytes`: the most one layer may unpack to.
         max_layer_bytes: u64,
+        /// `image.max_layer_entries`: the most entries one layer may hold.
+        max_layer_entries: u64,
         /// What each layer chain contributed, in `state_dir/layers` (`None`: off).
         cache: Option<layer_cache::LayerCache>,
     },
@@ -276,6 +280,7 @@ impl Image {
             layers,
             prefix,
             max_layer_bytes,
+            max_layer_entries,
             cache,
         } = &self.backend
         else {
@@ -289,7 +294,13 @@ impl Image {
             layers,
             prefix,
             &self.reference,
-            (*max_layer_bytes, cache.as_ref()),
+            (
+                layers::Limits {
+                    max_bytes: *max_layer_bytes,
+                    max_entries: *max_layer_entries,
+                },
+                cache.as_ref(),
+            ),
             notes,
         )
     }

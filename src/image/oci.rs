@@ -251,6 +251,7 @@ pub(super) fn open_layered(
             layers,
             prefix,
             max_layer_bytes: cfg.image.max_layer_bytes,
+            max_layer_entries: cfg.image.max_layer_entries,
             cache: super::layer_cache::LayerCache::new(&cfg.state_dir, cfg.image.layer_cache_bytes),
         },
         tree_cache: None,
