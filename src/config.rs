@@ -99,6 +99,8 @@ pub struct Image {
     pub pull_timeout_seconds: u64,
     /// The most bytes one layer may unpack to: a decompression bomb stops here, with an error.
     pub max_layer_bytes: u64,
+    /// The most entries one layer may hold (a layer of tiny entries cannot exhaust memory).
+    pub max_layer_entries: u64,
     /// The bound of `state_dir/layers` (what each layer chain contributed to the tree, so a new
     /// image that shares lower layers reads only its new ones); 0 turns it off.
     pub layer_cache_bytes: u64,
@@ -234,6 +236,7 @@ impl Default for Image {
             pull: true,
             pull_timeout_seconds: 600,
             max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
+            max_layer_entries: 10_000_000,
             layer_cache_bytes: 2 << 30,
         }
     }
@@ -447,6 +450,12 @@ impl Config {
             p.push(format!(
                 "image.max_layer_bytes: {} is below 1048576 (1 MiB); give the most bytes one layer may unpack to",
                 self.image.max_layer_bytes
+            ));
+        }
+        if self.image.max_layer_entries < 1000 {
+            p.push(format!(
+                "image.max_layer_entries: {} is below 1000; give the most entries one layer may hold",
+                self.image.max_layer_entries
             ));
         }
         self.image_and_service_problems(&mut p);

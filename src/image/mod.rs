@@ -289,7 +289,7 @@ impl Image {
             };
             return Ok(directory::scan(root.as_fd())?.0);
         };
-        layers::tree(
+        let tree = layers::tree(
             store,
             layers,
             prefix,
@@ -302,7 +302,15 @@ impl Image {
                 cache.as_ref(),
             ),
             notes,
-        )
+        )?;
+        let (paths, nodes) = tree.heap_bytes();
+        log::debug!(
+            "the image tree: {} entries, {} MiB of paths, {} MiB of nodes",
+            tree.len(),
+            paths >> 20,
+            nodes >> 20
+        );
+        Ok(tree)
     }
 
     /// The content hash of a file of the tree (the `directory` source hashes on demand).

@@ -117,9 +117,12 @@ impl Tree {
         self.nodes.iter().map(|n| (self.str_of(n), &n.entry))
     }
 
-    /// Bytes held (arena and nodes), for the memory figures.
-    pub fn heap_bytes(&self) -> usize {
-        self.arena.capacity() + self.nodes.capacity() * std::mem::size_of::<Node>()
+    /// Bytes held: (path arena, nodes), for the memory figures in the debug log.
+    pub fn heap_bytes(&self) -> (usize, usize) {
+        (
+            self.arena.capacity(),
+            self.nodes.capacity() * std::mem::size_of::<Node>(),
+        )
     }
 }
 

@@ -381,6 +381,43 @@ fn decompression_bombs_stop_at_the_configured_limit_with_a_clear_error() {
 }
 
 #[test]
+fn a_layer_of_more_entries_than_the_cap_stops_with_a_clear_error() {
+    // 1500 empty files (a few KiB compressed) against a cap of 1000 entries per layer.
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..1500 {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o644);
+        b.append_data(&mut h, format!("srv/mediawiki/f{i}"), &b""[..])
+            .unwrap();
+    }
+    let t = gzip(&b.into_inner().unwrap());
+    let (w, outside) = world(", max_layer_entries: 1000");
+    let before = outside_state(&w, &outside);
+    layout(
+        &w.path().join("layout"),
+        &[(t.clone(), "application/vnd.oci.image.layer.v1.tar+gzip")],
+        &mut |_, _| {},
+    );
+    let out = run_bounded(&w, &["sync"]).unwrap();
+    out.code(2)
+        .stderr_has(&format!("the layer sha256:{}", sha256_hex(&t)))
+        .stderr_has("more than 1000 entries")
+        .stderr_has("image.max_layer_entries");
+    assert!(!w.code.join("f0").exists());
+    assert_eq!(outside_state(&w, &outside), before);
+    // Under the default cap it is an ordinary image.
+    let (w, _) = world("");
+    layout(
+        &w.path().join("layout"),
+        &[(t, "application/vnd.oci.image.layer.v1.tar+gzip")],
+        &mut |_, _| {},
+    );
+    run_bounded(&w, &["sync"]).unwrap().code(0);
+    assert!(w.code.join("f1499").exists());
+}
+
+#[test]
 fn blobs_that_do_not_match_their_digests_are_refused_and_nothing_is_written() {
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
