@@ -298,3 +298,191 @@ fn resolve_links(
     }
     content
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::layers::encode_pos;
+    use crate::image::tree::intern;
+
+    enum I {
+        D(&'static str),
+        F(&'static str, u8),
+        L(&'static str, &'static str),
+        S(&'static str),
+        Wh(&'static str),
+        Opq(&'static str),
+    }
+
+    /// One entry of a merged tree: path, kind letter, first hash byte, position.
+    type Row = (String, char, u8, u64);
+
+    /// The tree below `prefix` of these layers, and the notes.
+    fn merged(prefix: &str, layers: &[Vec<I>]) -> Result<(Vec<Row>, Vec<String>)> {
+        let (mut arena, mut nodes, mut marks) = (String::new(), Vec::new(), Marks::default());
+        for (li, items) in layers.iter().enumerate() {
+            let (mut wh, mut opq) = (Vec::new(), Vec::new());
+            for (ei, it) in items.iter().enumerate() {
+                let (p, kind, hash, target) = match *it {
+                    I::D(p) => (p, Kind::Dir, None, None),
+                    I::F(p, h) => (p, Kind::File, Some([h; 32]), None),
+                    I::L(p, t) => (p, Kind::File, None, Some(t.to_string())),
+                    I::S(p) => (p, Kind::Symlink, None, Some("x".to_string())),
+                    I::Wh(p) => {
+                        wh.push(p.to_string());
+                        continue;
+                    }
+                    I::Opq(p) => {
+                        opq.push(p.to_string());
+                        continue;
+                    }
+                };
+                let (off, len) = intern(&mut arena, p).unwrap();
+                let mut entry = dir_0755();
+                entry.kind = kind;
+                entry.hash = hash;
+                entry.target = target;
+                nodes.push(Node {
+                    off,
+                    len,
+                    pos: encode_pos(li, ei as u64),
+                    entry,
+                });
+            }
+            marks.add(li, wh, opq);
+        }
+        let under = |p: &str| p == prefix || p.starts_with(&format!("{prefix}/"));
+        let mut notes = Vec::new();
+        let t = merge(arena, nodes, &marks, prefix, "img", &under, &mut notes)?;
+        let list = (0..t.len())
+            .map(|i| {
+                let e = t.entry(i);
+                (
+                    t.path(i).to_string(),
+                    e.kind.letter(),
+                    e.hash.map_or(0, |h| h[0]),
+                    t.pos(i),
+                )
+            })
+            .collect();
+        Ok((list, notes))
+    }
+
+    #[test]
+    fn layers_merge_as_if_applied_one_by_one() {
+        use I::*;
+        let (tree, notes) = merged(
+            "srv/mw",
+            &[
+                vec![
+                    D("srv"),
+                    D("srv/mw"),
+                    D("srv/mw/a"),
+                    F("srv/mw/a/x", 1),
+                    F("srv/mw/a/y", 2),
+                    D("srv/mw/b"),
+                    F("srv/mw/b/z", 3),
+                    F("srv/mw/c", 4),
+                    D("srv/mw/o"),
+                    F("srv/mw/o/old", 5),
+                    F("srv/mw/keep", 6),
+                    F("srv/mw/d/e/deep", 7),
+                ],
+                vec![
+                    Wh("srv/mw/a/x"),
+                    F("srv/mw/b", 8),
+                    D("srv/mw/c"),
+                    F("srv/mw/c/n", 9),
+                    Opq("srv/mw/o"),
+                    F("srv/mw/o/new", 10),
+                    L("srv/mw/h", "srv/mw/keep"),
+                    L("srv/mw/bad", "srv/mw/nothing"),
+                    S("srv/mw/s"),
+                    F("srv/mw/s/under", 11),
+                ],
+                vec![
+                    F("srv/mw/b/late", 12),
+                    L("srv/mw/h2", "srv/mw/a/x"),
+                    L("srv/mw/h3", "srv/mw/h"),
+                ],
+            ],
+        )
+        .unwrap();
+        let got: Vec<(&str, char, u8)> = tree.iter().map(|t| (t.0.as_str(), t.1, t.2)).collect();
+        assert_eq!(
+            got,
+            [
+                ("a", 'd', 0),
+                ("a/y", 'f', 2),
+                ("b", 'f', 8),
+                ("c", 'd', 0),
+                ("c/n", 'f', 9),
+                ("d", 'd', 0),
+                ("d/e", 'd', 0),
+                ("d/e/deep", 'f', 7),
+                ("h", 'f', 6),
+                ("h3", 'f', 6),
+                ("keep", 'f', 6),
+                ("o", 'd', 0),
+                ("o/new", 'f', 10),
+                ("s", 'l', 0),
+            ]
+        );
+        // A hard link's content is where its target's is, also through another link.
+        let pos = |p: &str| tree.iter().find(|t| t.0 == p).unwrap().3;
+        assert_eq!(pos("h"), pos("keep"));
+        assert_eq!(pos("h3"), pos("keep"));
+        let has = |s: &str| notes.iter().any(|n| n.contains(s));
+        assert!(has("hard link \"srv/mw/bad\""), "{notes:?}");
+        assert!(has("hard link \"srv/mw/h2\""), "{notes:?}");
+        assert!(
+            has("dropped \"s/under\": a parent of it is a symlink or a file"),
+            "{notes:?}"
+        );
+        assert!(
+            has("dropped \"b/late\": a parent of it is a symlink or a file"),
+            "{notes:?}"
+        );
+        // b/z went silently with the directory b; nothing else was reported.
+        assert_eq!(notes.len(), 4, "{notes:?}");
+    }
+
+    #[test]
+    fn image_path_must_be_a_directory_all_the_way_down() {
+        use I::*;
+        let e = merged(
+            "srv/mw",
+            &[
+                vec![D("srv"), D("srv/mw"), F("srv/mw/f", 1)],
+                vec![F("srv", 2)],
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("in the image img, /srv is not a directory (a file)"),
+            "{e}"
+        );
+        // A directory again above it: what the file hid stays hidden, what came later shows.
+        let (tree, notes) = merged(
+            "srv/mw",
+            &[
+                vec![D("srv"), D("srv/mw"), F("srv/mw/f", 1)],
+                vec![F("srv", 2)],
+                vec![D("srv"), F("srv/mw/g", 3)],
+            ],
+        )
+        .unwrap();
+        assert_eq!(tree.len(), 1, "{tree:?}");
+        assert_eq!(tree[0].0, "g");
+        assert!(notes.is_empty(), "{notes:?}");
+        // A whiteout of an ancestor of image.path hides all that was below it.
+        let (tree, _) = merged(
+            "srv/mw",
+            &[vec![F("srv/mw/f", 1)], vec![Wh("srv"), F("srv/mw/g", 3)]],
+        )
+        .unwrap();
+        let got: Vec<&str> = tree.iter().map(|t| t.0.as_str()).collect();
+        assert_eq!(got, ["g"]);
+    }
+}
