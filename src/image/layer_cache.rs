@@ -26,7 +26,7 @@ use std::path::PathBuf;
 
 /// The file starts with this and a little-endian u32 version.
 const MAGIC: &[u8; 8] = b"MWXLAYER";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 pub(super) struct LayerCache {
     dir: PathBuf,
@@ -61,7 +61,7 @@ impl LayerCache {
     /// The key of the layer at the top of `chain` ((digest, media type), lowest first).
     pub(super) fn key(prefix: &str, chain: &[(String, String)]) -> String {
         let mut h = blake3::Hasher::new();
-        h.update(b"v2\n");
+        h.update(b"v3\n");
         h.update(prefix.as_bytes());
         for (d, mt) in chain {
             h.update(b"\n");
@@ -305,7 +305,7 @@ fn read(
         let le8 = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
         let le4 = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
         let pos = le8(0);
-        if (pos >> 40) as usize != layer {
+        if super::layers::decode_pos(pos).0 != layer {
             return Err("an entry of another layer".into());
         }
         let kind =

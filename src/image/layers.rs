@@ -48,13 +48,6 @@ pub(super) fn tree(
     let mut nodes: Vec<Node> = Vec::new();
     let mut marks = Marks::default();
     let under = |p: &str| prefix.is_empty() || p == prefix || p.starts_with(&format!("{prefix}/"));
-    // Kept: what is under `prefix`, and the directories on the way to it.
-    let keep = |p: &str| {
-        under(p)
-            || (prefix.len() > p.len()
-                && prefix.starts_with(p)
-                && prefix.as_bytes()[p.len()] == b'/')
-    };
     for (li, (digest, mt)) in layers.iter().enumerate() {
         let key = cache.map(|c| (c, LayerCache::key(prefix, &layers[..=li])));
         if let Some(p) = key
@@ -113,9 +106,9 @@ pub(super) fn tree(
                     });
                     continue;
                 }
-                if !keep(&path) {
+                let Some((stored, chain)) = place(prefix, &path) else {
                     continue;
-                }
+                };
                 let h = e.header().clone();
                 let raw_mode = h.mode().unwrap_or(0o644);
                 let mtime = h.mtime().unwrap_or(0) as i64;
@@ -192,11 +185,11 @@ pub(super) fn tree(
                     }
                     continue;
                 };
-                let (off, len) = intern(&mut arena, &path)?;
+                let (off, len) = intern(&mut arena, stored)?;
                 nodes.push(Node {
                     off,
                     len,
-                    pos: encode_pos(li, ei as u64),
+                    pos: encode_pos(li, ei as u64) | if chain { CHAIN } else { 0 },
                     entry,
                 });
             }
@@ -226,7 +219,27 @@ pub(super) fn tree(
         }
         marks.add(li, whiteouts, opaque);
     }
-    super::merge::merge(arena, nodes, &marks, prefix, reference, &under, notes)
+    super::merge::merge(arena, nodes, &marks, prefix, reference, notes)
+}
+
+/// Marks a node of `image.path` itself or a directory on the way to it (its full path is
+/// stored); the others are below `image.path` and store their path relative to it.
+pub(super) const CHAIN: u64 = 1 << 63;
+
+/// What of a full image path is stored, and whether it is on the way to `prefix` (then whole);
+/// `None`: it is neither below `prefix` nor on the way to it, and is not kept.
+pub(super) fn place<'a>(prefix: &str, p: &'a str) -> Option<(&'a str, bool)> {
+    if prefix.is_empty() {
+        return Some((p, false));
+    }
+    match p.strip_prefix(prefix) {
+        Some("") => Some((p, true)),
+        Some(rest) => rest.strip_prefix('/').map(|r| (r, false)),
+        None => {
+            (prefix.len() > p.len() && prefix.starts_with(p) && prefix.as_bytes()[p.len()] == b'/')
+                .then_some((p, true))
+        }
+    }
 }
 
 /// Streams the content of each file in `wanted` (indices into `tree`, which [`tree`] built) to
@@ -327,7 +340,7 @@ pub(super) fn encode_pos(layer: usize, index: u64) -> u64 {
 }
 
 pub(super) fn decode_pos(p: u64) -> (usize, u64) {
-    ((p >> 40) as usize, p & ((1 << 40) - 1))
+    (((p & !CHAIN) >> 40) as usize, p & ((1 << 40) - 1))
 }
 
 #[cfg(test)]

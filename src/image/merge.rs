@@ -6,9 +6,10 @@
 //! non-directory of a higher sequence at an ancestor, hides it (as applying the layers one by one
 //! would), checks that `image.path` is a directory all the way down, drops (with a note) what is
 //! below a file or symlink, and adds missing directories (0755). It works on data only: it must
-//! never read the disk, and never keep a path outside `image.path` in the tree.
+//! never read the disk, and never keep a path outside `image.path` in the tree. Over 500 lines:
+//! its unit tests, which pin the merge to what applying the layers one by one gives, sit with it.
 
-use super::layers::decode_pos;
+use super::layers::{decode_pos, place, CHAIN};
 use super::tree::Node;
 use super::{Entry, Kind, Tree};
 use anyhow::{bail, Result};
@@ -29,6 +30,26 @@ impl Marks {
         for o in opaque {
             self.opaque.entry(o).or_default().push(layer);
         }
+    }
+
+    /// The marks as seen from below `prefix`, by paths relative to it: a whiteout or opaque
+    /// marker of `prefix`, of a directory on the way to it or of the image root hides all that
+    /// lower layers had below `prefix`, as an opaque marker of the tree's root does.
+    fn below(&self, prefix: &str) -> Marks {
+        let mut m = Marks::default();
+        for (map, opaque) in [(&self.whiteouts, false), (&self.opaque, true)] {
+            for (p, layers) in map {
+                let slot = match place(prefix, p) {
+                    Some((rel, false)) if opaque => m.opaque.entry(rel.to_string()),
+                    Some((rel, false)) => m.whiteouts.entry(rel.to_string()),
+                    Some((_, true)) => m.opaque.entry(String::new()),
+                    None if opaque && p.is_empty() => m.opaque.entry(String::new()),
+                    None => continue,
+                };
+                slot.or_default().extend(layers);
+            }
+        }
+        m
     }
 
     /// Whether a whiteout (of `p` or an ancestor) or an opaque marker (of an ancestor) of a
@@ -76,21 +97,39 @@ fn dir_0755() -> Entry {
     }
 }
 
-/// The code tree below `prefix` of the layers' nodes (see the module's comment).
+/// The code tree below `prefix` of the layers' nodes (see the module's comment): nodes below
+/// `prefix` by their path relative to it, those of `prefix` and on the way to it (marked
+/// [`CHAIN`]) by their full path.
 pub(super) fn merge(
     mut arena: String,
     mut nodes: Vec<Node>,
     marks: &Marks,
     prefix: &str,
     reference: &str,
-    under: &dyn Fn(&str) -> bool,
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
     arena.shrink_to_fit();
     let s = |n: &Node| &arena[n.off as usize..(n.off + n.len) as usize];
-    nodes.sort_unstable_by(|a, b| s(a).cmp(s(b)).then(a.pos.cmp(&b.pos)));
+    // The tree's nodes first, sorted by (path, sequence); then the few on the way to it.
+    nodes.sort_unstable_by(|a, b| {
+        (a.pos & CHAIN)
+            .cmp(&(b.pos & CHAIN))
+            .then_with(|| s(a).cmp(s(b)))
+            .then(a.pos.cmp(&b.pos))
+    });
+    let mut chain = nodes.split_off(nodes.partition_point(|n| n.pos & CHAIN == 0));
+    for n in &mut chain {
+        n.pos &= !CHAIN;
+    }
+    let rel_marks;
+    let rm = if prefix.is_empty() {
+        marks
+    } else {
+        rel_marks = marks.below(prefix);
+        &rel_marks
+    };
     // Where a resolved hard link's content is (by the link's sequence).
-    let content = resolve_links(&arena, &mut nodes, marks, under, notes);
+    let content = resolve_links(&arena, &mut nodes, &chain, rm, prefix, notes);
     // The tree root must be a real directory all the way down in the image; what a
     // non-directory on the way to it hid stays hidden.
     let run = |nodes: &[Node], p: &str| {
@@ -104,13 +143,13 @@ pub(super) fn merge(
         for c in prefix.split('/') {
             end += c.len() + usize::from(end > 0);
             let acc = &prefix[..end];
-            let r = run(&nodes, acc);
-            for n in &nodes[r.clone()] {
+            let r = run(&chain, acc);
+            for n in &chain[r.clone()] {
                 if n.entry.kind != Kind::Dir {
                     root_hide = root_hide.max(n.pos);
                 }
             }
-            if let Some(w) = nodes[r].last() {
+            if let Some(w) = chain[r].last() {
                 let hidden = marks.hides(acc, decode_pos(w.pos).0, usize::MAX) || root_hide > w.pos;
                 if !hidden && w.entry.kind != Kind::Dir {
                     bail!(
@@ -122,20 +161,14 @@ pub(super) fn merge(
             }
         }
     }
-    let start = if prefix.is_empty() {
-        String::new()
-    } else {
-        format!("{prefix}/")
-    };
-    let lo = nodes.partition_point(|n| s(n) < start.as_str());
-    let hi = lo + nodes[lo..].partition_point(|n| s(n).starts_with(&start));
-    let cut = start.len() as u32;
+    drop(chain);
     // Directories of the output (relative path -> the highest sequence of a non-directory at
     // it or an ancestor: what is older is hidden below it).
     let mut dirs: HashMap<&str, u64> = HashMap::new();
     let mut implicit: Vec<Node> = Vec::new();
     let mut w = 0;
-    let mut r = lo;
+    let mut r = 0;
+    let hi = nodes.len();
     while r < hi {
         let p = s(&nodes[r]);
         let mut end = r + 1;
@@ -152,10 +185,10 @@ pub(super) fn merge(
         let win = end - 1;
         r = end;
         let seq = nodes[win].pos;
-        if marks.hides(p, decode_pos(seq).0, usize::MAX) {
+        if rm.hides(p, decode_pos(seq).0, usize::MAX) {
             continue;
         }
-        let rel = &p[start.len()..];
+        let rel = p;
         // The nearest ancestor in the output, and the ones missing on the way to it.
         let mut missing: Vec<&str> = Vec::new();
         let mut anc = rel;
@@ -200,8 +233,6 @@ pub(super) fn merge(
             dirs.insert(rel, hide.max(nondir));
         }
         nodes.swap(w, win);
-        nodes[w].off += cut;
-        nodes[w].len -= cut;
         w += 1;
     }
     drop(dirs);
@@ -228,8 +259,9 @@ pub(super) fn merge(
 fn resolve_links(
     arena: &str,
     nodes: &mut Vec<Node>,
+    chain: &[Node],
     marks: &Marks,
-    under: &dyn Fn(&str) -> bool,
+    prefix: &str,
     notes: &mut Vec<String>,
 ) -> HashMap<u64, u64> {
     let s = |n: &Node| &arena[n.off as usize..(n.off + n.len) as usize];
@@ -249,35 +281,37 @@ fn resolve_links(
     };
     let mut dead = false;
     for (seq, i) in links {
-        let t = nodes[i].entry.target.clone().unwrap_or_default();
+        let full = nodes[i].entry.target.clone().unwrap_or_default();
+        // Only a file below `prefix` can be a target (one on the way to it is a directory).
+        let t = match place(prefix, &full) {
+            Some((rel, false)) => rel,
+            _ => "",
+        };
         let path = s(&nodes[i]);
         let layer = decode_pos(seq).0;
-        let src = nodes[run(nodes, &t)]
+        let src = nodes[run(nodes, t)]
             .iter()
             .rfind(|n| n.pos < seq)
             .filter(|c| {
                 let cl = decode_pos(c.pos).0;
-                if marks.hides(&t, cl, layer) {
+                if marks.hides(t, cl, layer) {
                     return false;
                 }
                 // A non-directory put at an ancestor since then removed it.
-                let mut a = t.as_str();
+                let since = |n: &Node| n.entry.kind != Kind::Dir && c.pos < n.pos && n.pos < seq;
+                if chain.iter().any(since) {
+                    return false;
+                }
+                let mut a = t;
                 while let Some(k) = a.rfind('/') {
                     a = &a[..k];
-                    if nodes[run(nodes, a)]
-                        .iter()
-                        .any(|n| n.entry.kind != Kind::Dir && c.pos < n.pos && n.pos < seq)
-                    {
+                    if nodes[run(nodes, a)].iter().any(since) {
                         return false;
                     }
                 }
                 true
             })
-            .filter(|c| {
-                c.entry.kind == Kind::File
-                    && !is_link(&c.entry)
-                    && (c.entry.hash.is_some() || !under(path))
-            })
+            .filter(|c| c.entry.kind == Kind::File && !is_link(&c.entry) && c.entry.hash.is_some())
             .map(|c| (c.entry.clone(), *content.get(&c.pos).unwrap_or(&c.pos)));
         match src {
             Some((src, pos)) => {
@@ -286,6 +320,11 @@ fn resolve_links(
                 content.insert(seq, pos);
             }
             None => {
+                let path = if prefix.is_empty() {
+                    path.to_string()
+                } else {
+                    format!("{prefix}/{path}")
+                };
                 notes.push(format!(
                     "image: dropped the hard link {path:?}: its target is not a file of the tree"
                 ));
@@ -302,7 +341,7 @@ fn resolve_links(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::layers::encode_pos;
+    use crate::image::layers::{encode_pos, place, CHAIN};
     use crate::image::tree::intern;
 
     enum I {
@@ -337,7 +376,8 @@ mod tests {
                         continue;
                     }
                 };
-                let (off, len) = intern(&mut arena, p).unwrap();
+                let (stored, on_the_way) = place(prefix, p).unwrap();
+                let (off, len) = intern(&mut arena, stored).unwrap();
                 let mut entry = dir_0755();
                 entry.kind = kind;
                 entry.hash = hash;
@@ -345,15 +385,14 @@ mod tests {
                 nodes.push(Node {
                     off,
                     len,
-                    pos: encode_pos(li, ei as u64),
+                    pos: encode_pos(li, ei as u64) | if on_the_way { CHAIN } else { 0 },
                     entry,
                 });
             }
             marks.add(li, wh, opq);
         }
-        let under = |p: &str| p == prefix || p.starts_with(&format!("{prefix}/"));
         let mut notes = Vec::new();
-        let t = merge(arena, nodes, &marks, prefix, "img", &under, &mut notes)?;
+        let t = merge(arena, nodes, &marks, prefix, "img", &mut notes)?;
         let list = (0..t.len())
             .map(|i| {
                 let e = t.entry(i);
@@ -476,6 +515,14 @@ mod tests {
         assert_eq!(tree.len(), 1, "{tree:?}");
         assert_eq!(tree[0].0, "g");
         assert!(notes.is_empty(), "{notes:?}");
+        // A hard link to a file outside image.path does not resolve.
+        let (tree, notes) = merged(
+            "srv/mw",
+            &[vec![F("srv/mw/f", 1), L("srv/mw/out", "srv/mw-other/x")]],
+        )
+        .unwrap();
+        assert_eq!(tree.len(), 1, "{tree:?}");
+        assert!(notes[0].contains("hard link \"srv/mw/out\""), "{notes:?}");
         // A whiteout of an ancestor of image.path hides all that was below it.
         let (tree, _) = merged(
             "srv/mw",
