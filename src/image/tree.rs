@@ -2,10 +2,11 @@
 //! order the manifest is written in), each with where its content is in the image. One tree is
 //! held per run, and at a million entries it is most of the run's memory, so it is kept compact
 //! and is addressed by index: the engine refers to entries by their index, never by a copy of
-//! the path. All paths live in one `String` arena (for layered images: the full image paths, each
-//! node's path a sub-slice of it, so stripping `image.path` copies nothing); a node is the
-//! offset and length of its path (u32 each), the entry and its position. An arena past 4 GiB is
-//! refused with an error. It is plain data: it must never read the disk or an image.
+//! the path. All paths live in one `String` arena (for layered images, each path relative to
+//! `image.path` is stored once as the layers are read, and nodes that lost to a later layer
+//! leave their bytes there); a node is the offset and length of its path (u32 each), the entry
+//! and its position. An arena past 4 GiB is refused with an error. It is plain data: it must
+//! never read the disk or an image.
 
 use super::Entry;
 use anyhow::{bail, Result};
