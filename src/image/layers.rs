@@ -253,17 +253,20 @@ pub(super) fn fetch(
     f: &mut dyn FnMut(usize, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
     // (position, index) sorted: the files in the order the layers hold their bytes.
-    let mut by_pos: Vec<(u64, usize)> = Vec::with_capacity(wanted.len());
+    // Tree indices in the order the layers hold their bytes (4 bytes each: at a million files
+    // this list is a few MiB).
+    let mut order: Vec<u32> = Vec::with_capacity(wanted.len());
     for &i in wanted {
         if tree.entry(i).kind != Kind::File {
             bail!("{:?} is not a file of the image", tree.path(i));
         }
-        by_pos.push((tree.pos(i), i));
+        order.push(u32::try_from(i).context("a tree index past u32")?);
     }
-    by_pos.sort_unstable();
+    order.sort_unstable_by_key(|&i| (tree.pos(i as usize), i));
+    let by_pos = |k: usize| order.get(k).map(|&i| (tree.pos(i as usize), i as usize));
     let mut next = 0;
     for (li, (digest, mt)) in layers.iter().enumerate() {
-        if by_pos.get(next).is_none_or(|&(p, _)| decode_pos(p).0 != li) {
+        if by_pos(next).is_none_or(|(p, _)| decode_pos(p).0 != li) {
             continue;
         }
         let r = Limited::new(
@@ -276,26 +279,26 @@ pub(super) fn fetch(
             let mut e = e.with_context(|| format!("reading the layer {digest}"))?;
             let here = encode_pos(li, ei as u64);
             let first = next;
-            while by_pos.get(next).is_some_and(|&(p, _)| p == here) {
+            while by_pos(next).is_some_and(|(p, _)| p == here) {
                 next += 1;
             }
             match next - first {
                 0 => {}
-                1 => f(by_pos[first].1, &mut e)?,
+                1 => f(order[first] as usize, &mut e)?,
                 _ => {
                     let mut buf = Vec::new();
                     e.read_to_end(&mut buf)?;
-                    for &(_, i) in &by_pos[first..next] {
-                        f(i, &mut &buf[..])?;
+                    for &i in &order[first..next] {
+                        f(i as usize, &mut &buf[..])?;
                     }
                 }
             }
-            if by_pos.get(next).is_none_or(|&(p, _)| decode_pos(p).0 != li) {
+            if by_pos(next).is_none_or(|(p, _)| decode_pos(p).0 != li) {
                 break;
             }
         }
     }
-    if let Some(&(_, i)) = by_pos.get(next) {
+    if let Some((_, i)) = by_pos(next) {
         bail!(
             "{:?} was not found in its layer of the image; the image changed while it was read",
             tree.path(i)

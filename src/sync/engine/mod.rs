@@ -43,15 +43,25 @@ struct Pending {
     backup: bool,
 }
 
-/// What the new manifest says of one path of the tree.
+/// What the new manifest says of one path of the tree: the old manifest's line (the image did
+/// not change it, or it was kept), queued for the content phase, or the tree's entry with the
+/// live inode, mtime and ctime. 24 bytes (two inode values no file system hands out mark the
+/// first two), as there is one per tree entry.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Slot {
-    /// What the old manifest says (if anything): the image did not change it, or it was kept.
-    Old,
-    /// Queued for the content phase.
-    Queued,
-    /// The tree's entry, written or adopted, with the live inode, mtime and ctime.
-    New(u64, i64, i64),
+struct Slot(u64, i64, i64);
+
+impl Slot {
+    const OLD: Slot = Slot(u64::MAX, 0, 0);
+    const QUEUED: Slot = Slot(u64::MAX - 1, 0, 0);
+
+    fn new((ino, mt, ct): (u64, i64, i64)) -> Slot {
+        Slot(ino.min(u64::MAX - 2), mt, ct)
+    }
+
+    /// The live state, when it is the tree's entry.
+    fn live(self) -> Option<(u64, i64, i64)> {
+        (self.0 < u64::MAX - 1).then_some((self.0, self.1, self.2))
+    }
 }
 
 pub(super) struct Engine<'a> {
@@ -63,9 +73,9 @@ pub(super) struct Engine<'a> {
     slots: Vec<Slot>,
     /// What the image dropped (in scope), as the old manifest had it.
     gone: Vec<(String, MEntry)>,
-    /// During the content phase the tree is lent to the image's fetch: the hashes of what was
-    /// written wait here.
-    hashes: Option<Vec<(usize, Option<[u8; 32]>)>>,
+    /// During the content phase the tree is lent to the image's fetch: the hashes of written
+    /// files whose tree entry had none yet (the `directory` source hashes lazily) wait here.
+    hashes: Option<Vec<(u32, [u8; 32])>>,
     opts: EngineOpts,
     policy: Option<crate::policy::Policy>,
     policy_errors: u64,
@@ -147,7 +157,7 @@ impl<'a> Engine<'a> {
         Ok(Engine {
             cfg,
             image,
-            slots: vec![Slot::Old; tree.len()],
+            slots: vec![Slot::OLD; tree.len()],
             tree,
             gone: Vec::new(),
             hashes: None,
@@ -238,21 +248,58 @@ impl<'a> Engine<'a> {
         let t0 = Instant::now();
         let mut dc = self.open_root()?;
         let files = self.tree.len() as u64;
-        // Phase 1: what the image dropped, children first (the old manifest's paths in scope
-        // that the tree does not have).
+        // One pass over the old manifest beside the tree (both sorted): what the image dropped
+        // (in scope), and which paths need a decision: all but those the image did not change.
+        // The old entries of those are kept for phase 2, up to a bound; past it, phase 2 reads
+        // the manifest again. (Debug builds, which the tests run, keep only 2, so that both ways
+        // are taken by the tests' small trees.)
+        const KEEP_OLD: usize = if cfg!(debug_assertions) { 2 } else { 100_000 };
         let mut old = Reader::open(self.cfg)?;
+        let (mut todo, mut olds, mut reread) = (Vec::<u32>::new(), Vec::new(), false);
+        let n = self.tree.len();
         let mut j = 0;
-        while old.next()? {
-            // Both are sorted: walk them side by side.
-            let p = old.path();
-            while j < self.tree.len() && self.tree.path(j) < p {
+        let mut more = old.next()?;
+        loop {
+            while j < n && (!more || self.tree.path(j) < old.path()) {
+                if let Some(pr) = &self.progress {
+                    pr.scanned(1);
+                }
+                if in_scope(&self.opts.scope, self.tree.path(j)) {
+                    todo.push(j as u32);
+                }
                 j += 1;
             }
-            let in_tree = j < self.tree.len() && self.tree.path(j) == p;
-            if !in_tree && in_scope(&self.opts.scope, p) {
+            if !more {
+                break;
+            }
+            let p = old.path();
+            if j < n && self.tree.path(j) == p {
+                if let Some(pr) = &self.progress {
+                    pr.scanned(1);
+                }
+                if in_scope(&self.opts.scope, p) {
+                    let m = old.entry()?;
+                    let e = self.tree.entry(j);
+                    // The common case, settled without a copy: the image did not change it.
+                    let unchanged = !self.opts.all_changed && e.hash.is_some() && e == &m.e;
+                    if !unchanged {
+                        todo.push(j as u32);
+                        if olds.len() < KEEP_OLD && !reread {
+                            olds.push((j as u32, m));
+                        } else {
+                            reread = true;
+                            olds = Vec::new();
+                        }
+                    }
+                }
+                j += 1;
+            } else if in_scope(&self.opts.scope, p) {
                 self.gone.push((p.to_string(), old.entry()?));
             }
+            more = old.next()?;
         }
+        drop(old);
+        // Phase 1: what the image dropped, children first.
         let gone = std::mem::take(&mut self.gone);
         for (p, m) in gone.iter().rev() {
             self.delete(&mut dc, p, m)?;
@@ -263,26 +310,31 @@ impl<'a> Engine<'a> {
             t0.elapsed().as_secs_f64(),
             crate::logging::peak_mib()
         );
-        // Phase 2: directories and symlinks in order; files decided and queued. The old
-        // manifest is read alongside, in the same order.
-        let mut old = Reader::open(self.cfg)?;
+        // Phase 2: directories and symlinks in order; files decided and queued.
+        let mut old = if reread {
+            Some(Reader::open(self.cfg)?)
+        } else {
+            None
+        };
+        let mut k = 0;
         let mut blocked: Option<String> = None;
-        for i in 0..self.tree.len() {
-            if let Some(pr) = &self.progress {
-                pr.scanned(1);
-            }
+        for &i in &todo {
+            let i = i as usize;
             let p = self.tree.path(i);
-            if blocked.as_deref().is_some_and(|b| under(p, b)) || !in_scope(&self.opts.scope, p) {
+            if blocked.as_deref().is_some_and(|b| under(p, b)) {
                 continue;
             }
-            let m = old.seek(p)?;
-            if let Some(m) = &m {
-                // The common case, settled without a copy: the image did not change it.
-                let e = self.tree.entry(i);
-                if !self.opts.all_changed && e.hash.is_some() && e == &m.e {
-                    continue;
+            let m = match &mut old {
+                Some(r) => r.seek(p)?,
+                None => {
+                    while k < olds.len() && (olds[k].0 as usize) < i {
+                        k += 1;
+                    }
+                    olds.get(k)
+                        .filter(|o| o.0 as usize == i)
+                        .map(|o| o.1.clone())
                 }
-            }
+            };
             let p = p.to_string();
             let e = self.tree.entry(i).clone();
             if let Some(b) = self.decide(&mut dc, i, &p, e, m)? {
@@ -297,7 +349,7 @@ impl<'a> Engine<'a> {
         );
         // Phase 3: file contents (layer order for layered images).
         let wanted: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i] == Slot::Queued)
+            .filter(|&i| self.slots[i] == Slot::QUEUED)
             .collect();
         if !self.opts.dry_run && !wanted.is_empty() {
             let image = self.image;
@@ -308,7 +360,7 @@ impl<'a> Engine<'a> {
             });
             self.tree = tree;
             for (i, h) in self.hashes.take().unwrap_or_default() {
-                self.tree.entry_mut(i).hash = h;
+                self.tree.entry_mut(i as usize).hash = Some(h);
             }
             r?;
         } else {
@@ -389,16 +441,16 @@ impl Engine<'_> {
                 }
                 (o, Some(t)) => {
                     let same = o == Some(t);
-                    match self.slots[i] {
-                        Slot::New(ino, mt, ct) => w.entry(
+                    match self.slots[i].live() {
+                        Some(live) => w.entry(
                             t,
                             &MEntry {
                                 e: self.tree.entry(i).clone(),
-                                live: (ino, mt, ct),
+                                live,
                             },
                         )?,
-                        Slot::Old | Slot::Queued if same => w.raw(old.raw())?,
-                        Slot::Old | Slot::Queued => {}
+                        None if same => w.raw(old.raw())?,
+                        None => {}
                     }
                     if same {
                         more = old.next()?;
@@ -413,11 +465,10 @@ impl Engine<'_> {
 
     /// Records what the new manifest says of tree entry `i`: `e`, with this live state.
     fn record(&mut self, i: usize, e: Entry, live: (u64, i64, i64)) {
-        match &mut self.hashes {
-            // The content phase: only a file's hash can differ from the tree's entry.
-            Some(h) => h.push((i, e.hash)),
-            None => *self.tree.entry_mut(i) = e,
+        if self.hashes.is_none() {
+            // (In the content phase the tree is lent out; `write_file` keeps the hash.)
+            *self.tree.entry_mut(i) = e;
         }
-        self.slots[i] = Slot::New(live.0, live.1, live.2);
+        self.slots[i] = Slot::new(live);
     }
 }

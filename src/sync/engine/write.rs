@@ -75,7 +75,7 @@ impl Engine<'_> {
 
     /// Queues tree entry `i` (a file) for the content phase, with the live state seen now.
     pub(super) fn queue(&mut self, i: usize, seen: Option<(u64, i64, i64, i64)>, backup: bool) {
-        self.slots[i] = Slot::Queued;
+        self.slots[i] = Slot::QUEUED;
         if seen.is_some() || backup {
             self.pending.insert(i, Pending { seen, backup });
         }
@@ -89,7 +89,7 @@ impl Engine<'_> {
         i: usize,
         r: &mut dyn Read,
     ) -> Result<()> {
-        if self.slots[i] != Slot::Queued {
+        if self.slots[i] != Slot::QUEUED {
             return Ok(());
         }
         let pending = self.pending.remove(&i).unwrap_or(Pending {
@@ -228,7 +228,12 @@ impl Engine<'_> {
         }
         drop(f);
         self.step();
-        self.finish_written(d, name, (i, p), e, "write", "")
+        let fill = tree.entry(i).hash.is_none().then_some(e.hash).flatten();
+        self.finish_written(d, name, (i, p), e, "write", "")?;
+        if let (Some(h), Some(hs)) = (fill, &mut self.hashes) {
+            hs.push((i as u32, h));
+        }
+        Ok(())
     }
 
     /// After an entry is in place under its final name: the permissions policy, then the
