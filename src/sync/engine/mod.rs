@@ -281,7 +281,11 @@ impl<'a> Engine<'a> {
                     let m = old.entry()?;
                     let e = self.tree.entry(j);
                     // The common case, settled without a copy: the image did not change it.
-                    let unchanged = !self.opts.all_changed && e.hash.is_some() && e == &m.e;
+                    // (A file's entry must carry its hash: the `directory` source hashes
+                    // lazily, and its same size and mtime are settled in `decide`.)
+                    let unchanged = !self.opts.all_changed
+                        && (e.kind != crate::image::Kind::File || e.hash.is_some())
+                        && e == &m.e;
                     if !unchanged {
                         todo.push(j as u32);
                         if olds.len() < KEEP_OLD && !reread {
