@@ -739,6 +739,26 @@ fn regression_killed_sync_that_turned_a_directory_into_a_file_then_back() {
     );
 }
 
+/// Found by `tests/sync-model-long` (seed 6002): an engineer creates `d/x`, the next image has
+/// `d/x` too, and sync keeps the engineer's file; the engineer then removes `d`. `diff` did not
+/// list `d/x` (the manifest had no entry for it: sync had never written it), though the tree now
+/// lacks a file the image has. A kept file of the engineer's where the image has one is now in
+/// the manifest with the image's entry: `diff` shows it modified, then deleted.
+#[test]
+fn regression_engineer_file_the_image_then_also_has_stays_in_diff_when_deleted() {
+    use ImgOp::*;
+    replay(
+        false,
+        vec![Put(0, false), Put(4, false)],
+        vec![
+            Op::Eng(EngOp::Write(3, false)),
+            Op::Image(vec![Put(3, false)]),
+            Op::Sync,
+            Op::Eng(EngOp::Delete(2)),
+        ],
+    );
+}
+
 /// Found by the random test (a model fix, not a sync bug): a directory the image dropped but
 /// that held an engineer's symlink stays after `reset` removes the symlink below it; it is
 /// then an engineer's leftover (`diff` lists it as added), never silently deleted.

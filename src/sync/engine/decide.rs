@@ -73,6 +73,13 @@ impl Engine<'_> {
             };
             if !ours {
                 if !self.opts.force {
+                    if m.is_none() {
+                        // An engineer's own entry where the image now has one: the manifest
+                        // takes the image's entry (with no live state of ours), so `diff` shows
+                        // it as changed, and as deleted should the engineer remove it later.
+                        self.fill_hash(p, &mut e)?;
+                        self.record(i, e.clone(), (0, 0, 0));
+                    }
                     self.keep(
                         p,
                         if m.is_some() {
