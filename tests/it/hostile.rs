@@ -417,15 +417,20 @@ fn a_layer_of_more_entries_than_the_cap_stops_with_a_clear_error() {
     assert!(w.code.join("f1499").exists());
 }
 
-#[test]
-fn blobs_that_do_not_match_their_digests_are_refused_and_nothing_is_written() {
+/// A plain tar layer with one file, `srv/mediawiki/ok.php` ("fine\n").
+fn one_file_layer() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_size(5);
     h.set_mode(0o644);
     b.append_data(&mut h, "srv/mediawiki/ok.php", &b"fine\n"[..])
         .unwrap();
-    let t = b.into_inner().unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn blobs_that_do_not_match_their_digests_are_refused_and_nothing_is_written() {
+    let t = one_file_layer();
     for victim in ["layer", "manifest", "config"] {
         let (w, _) = world("");
         let dir = w.path().join("layout");
@@ -465,6 +470,40 @@ fn blobs_that_do_not_match_their_digests_are_refused_and_nothing_is_written() {
 }
 
 #[test]
+fn a_config_whose_diff_ids_do_not_match_the_layers_is_refused_and_nothing_is_written() {
+    let t = one_file_layer();
+    for (lie, says) in [
+        (
+            serde_json::json!(["sha256:00", "sha256:11"]),
+            "lists 2 layer diff IDs, the manifest 1",
+        ),
+        (
+            serde_json::json!([format!("sha256:{}", "0".repeat(64))]),
+            "must be equal",
+        ),
+    ] {
+        let (w, _) = world("");
+        layout(
+            &w.path().join("layout"),
+            &[(t.clone(), "application/vnd.oci.image.layer.v1.tar")],
+            &mut |doc, v| {
+                if doc == "config" {
+                    v["rootfs"]["diff_ids"] = lie.clone();
+                }
+            },
+        );
+        let out = run_bounded(&w, &["sync"]).unwrap();
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        out.stderr_has(says);
+        out.stderr_has("pull the image again");
+        assert!(
+            !w.code.join("ok.php").exists(),
+            "written from a lying image"
+        );
+    }
+}
+
+#[test]
 fn generated_oci_json_never_panics() {
     let junk = prop_oneof![
         Just(serde_json::Value::Null),
@@ -494,13 +533,7 @@ fn generated_oci_json_never_panics() {
         ("config", "/os"),
     ]);
     let strategy = prop::collection::vec((keys, junk), 1..4);
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(5);
-    h.set_mode(0o644);
-    b.append_data(&mut h, "srv/mediawiki/ok.php", &b"fine\n"[..])
-        .unwrap();
-    let t = b.into_inner().unwrap();
+    let t = one_file_layer();
     let result = runner(40, "tests/it/hostile-json.regressions").run(&strategy, |edits| {
         let (w, outside) = world("");
         let before = outside_state(&w, &outside);
