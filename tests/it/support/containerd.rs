@@ -17,22 +17,31 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Containerd {
-        Containerd::start_with(None)
+        Containerd::start_with(None, None)
+    }
+
+    /// With its socket at `socket` (outside its directory), so that a second one can take the
+    /// place of the first, as a restarted containerd does.
+    pub fn start_at(socket: &Path) -> Containerd {
+        Containerd::start_with(None, Some(socket))
     }
 
     /// With the CRI plugin, which pulls from `registry` with its login and CA (the node's
     /// registry configuration; `mw-experimental` holds no credentials).
     pub fn start_cri(registry: &crate::support::web::Registry) -> Containerd {
-        Containerd::start_with(Some(registry))
+        Containerd::start_with(Some(registry), None)
     }
 
-    fn start_with(registry: Option<&crate::support::web::Registry>) -> Containerd {
+    fn start_with(
+        registry: Option<&crate::support::web::Registry>,
+        socket: Option<&Path>,
+    ) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("mwx-ctrd-")
             .tempdir()
             .expect("tempdir");
         let d = dir.path();
-        let socket = d.join("c.sock");
+        let socket = socket.map_or_else(|| d.join("c.sock"), Path::to_path_buf);
         let config = format!(
             r#"version = 2
 root = "{root}"
