@@ -47,6 +47,8 @@ struct Inner {
     namespace: String,
     /// The lease protecting what this client read, once it read something.
     lease: Mutex<Option<String>>,
+    /// The blobs already added to it.
+    protected: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Client {
@@ -78,6 +80,7 @@ impl Client {
             address: address.to_path_buf(),
             namespace: namespace.to_string(),
             lease: Mutex::new(None),
+            protected: Mutex::default(),
         })))
     }
 
@@ -229,8 +232,12 @@ impl Client {
     }
 
     /// Adds a blob to this client's lease, so garbage collection keeps it while it is read.
-    fn protect(&self, digest: &str) -> Result<String> {
+    pub(super) fn protect(&self, digest: &str) -> Result<String> {
         let id = self.lease()?;
+        let mut done = self.0.protected.lock().unwrap_or_else(|e| e.into_inner());
+        if done.contains(digest) {
+            return Ok(id);
+        }
         let mut c = api::leases_client::LeasesClient::new(self.0.channel.clone());
         let req = self.request(
             api::AddResourceRequest {
@@ -247,6 +254,7 @@ impl Client {
             CALL_TIMEOUT,
             async move { c.add_resource(req).await },
         )?;
+        done.insert(digest.to_string());
         Ok(id)
     }
 

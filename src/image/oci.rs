@@ -223,6 +223,13 @@ pub(super) fn open_layered(
         let mt = l["mediaType"].as_str().unwrap_or("").to_string();
         layers.push((d.to_string(), mt));
     }
+    // Every layer goes under the lease before the first is read, so untagging the image
+    // while the sync runs cannot let the garbage collector take a layer not read yet.
+    if let Store::Containerd(c) = &store {
+        for (d, _) in &layers {
+            c.protect(d)?;
+        }
+    }
     check_config(&store, &m, &layers)
         .with_context(|| format!("reading the config of {reference} ({digest})"))?;
     let prefix = cfg
