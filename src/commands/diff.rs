@@ -10,19 +10,33 @@ use crate::config::Config;
 use crate::exit_codes::ExitCode;
 use crate::plan::{Component, SAMPLE};
 use crate::state::Lock;
+use crate::sync::Whose;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// `diff`: prints the differences; exit 0 none, 1 some.
+/// With `mine`, only the caller's edits ([`crate::accounts::caller`]); root without sudo has no
+/// edits of its own to pick, so it sees every edit, and is told so.
 pub fn diff(
     cfg: &Config,
     paths: &[PathBuf],
+    mine: bool,
     patch: bool,
     stat: bool,
     json: bool,
 ) -> Result<ExitCode> {
-    let (out, differs) = crate::sync::diff(cfg, paths, patch, stat, json)?;
+    let whose = match (mine, crate::accounts::caller()) {
+        (false, _) => Whose::All,
+        (true, Some(uid)) => Whose::Uid(uid),
+        (true, None) => {
+            log::warn!(
+                "diff --mine as root (not through sudo): listing every edit; run it as yourself to see yours"
+            );
+            Whose::All
+        }
+    };
+    let (out, differs) = crate::sync::diff(cfg, paths, whose, patch, stat, json)?;
     print!("{out}");
     Ok(if differs {
         ExitCode::Pending

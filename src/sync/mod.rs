@@ -44,7 +44,8 @@ mod manifest;
 mod recover;
 mod reset;
 
-pub use diff::diff;
+pub use diff::{diff, Whose};
+use diff::Census;
 pub use reset::reset;
 
 use engine::{Engine, EngineOpts};
@@ -159,20 +160,18 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
                 l.reference,
                 l.synced_at
             );
-            if l.release_file != release_file && !opts.dry_run {
-                // The same image, now (or no longer) named by a release file: say so.
-                let l = LastSync {
-                    release_file: release_file.clone(),
-                    ..l.clone()
-                };
+            let mut l = LastSync {
+                release_file: release_file.clone(),
+                ..l.clone()
+            };
+            if !opts.dry_run {
+                // The same image (now or no longer named by a release file, say so), and the
+                // edits engineers made since: who has edits here, for status and the banner.
+                l.edits = count_edits(cfg).or(l.edits);
                 l.write(cfg)?;
             }
             let mut plan = ComponentPlan {
-                observed: LastSync {
-                    release_file: release_file.clone(),
-                    ..l.clone()
-                }
-                .observed(),
+                observed: l.observed(),
                 ..Default::default()
             };
             plan.metrics = metrics(0, 0, started, l.files);
@@ -234,6 +233,7 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
             files: out.files,
             local_edits: out.kept,
             release_file,
+            edits: count_edits(cfg),
         };
         l.write(cfg)?;
         plan.metrics
@@ -244,6 +244,26 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
         plan.observed = json!({"image": img.reference, "digest": img.digest, "files": out.files, "dry_run": true});
     }
     Ok(plan)
+}
+
+/// The census of edits per editor ([`diff::census`]); a failure is logged, not fatal: the sync
+/// itself is done, and `diff` still lists the edits.
+fn count_edits(cfg: &Config) -> Option<Census> {
+    let started = Instant::now();
+    match diff::census(cfg) {
+        Ok(c) => {
+            log::debug!(
+                "counted {} edits by editor in {:.3}s",
+                c.total,
+                started.elapsed().as_secs_f64()
+            );
+            Some(c)
+        }
+        Err(e) => {
+            log::warn!("counting the edits per editor: {e:#}");
+            None
+        }
+    }
 }
 
 fn sync_dir(cfg: &Config) -> PathBuf {
