@@ -172,7 +172,10 @@ pub fn own_edits(census: &serde_json::Value, uid: u32) -> (u64, Option<(String, 
         .map(|e| {
             (
                 e["path"].as_str().unwrap_or_default().to_string(),
-                e["changed_at"].as_str().unwrap_or("an unknown time").to_string(),
+                e["changed_at"]
+                    .as_str()
+                    .unwrap_or("an unknown time")
+                    .to_string(),
             )
         });
     (count, newest)
@@ -286,7 +289,13 @@ mod tests {
             "release_file": "/etc/helmfile-defaults/mediawiki/release/mw-experimental-pinkllama-eqiad.yaml",
         });
         state.components.insert(Component::Code, code);
-        let text = render(&cfg, Some(&state), &Spool::default(), SystemTime::now(), None);
+        let text = render(
+            &cfg,
+            Some(&state),
+            &Spool::default(),
+            SystemTime::now(),
+            None,
+        );
         assert!(
             text.contains("2026-11-20-101010-publish (published 2026-11-20T10:10:10Z)"),
             "{text}"
@@ -301,7 +310,13 @@ mod tests {
             .unwrap()
             .plan
             .observed["release_file"] = serde_json::Value::Null;
-        let text = render(&cfg, Some(&state), &Spool::default(), SystemTime::now(), None);
+        let text = render(
+            &cfg,
+            Some(&state),
+            &Spool::default(),
+            SystemTime::now(),
+            None,
+        );
         assert!(
             text.contains("follows:  the newest image on this node"),
             "{text}"

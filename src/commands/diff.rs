@@ -9,7 +9,7 @@ use super::output::{print_plan_list, Style};
 use crate::config::Config;
 use crate::exit_codes::ExitCode;
 use crate::plan::{Component, SAMPLE};
-use crate::state::Lock;
+use crate::state::{Lock, State};
 use crate::sync::Whose;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -54,6 +54,15 @@ pub fn reset(
 ) -> Result<ExitCode> {
     let _lock = Lock::acquire(&cfg.state_dir, "reset", lock_wait)?;
     let done = crate::sync::reset(cfg, paths)?.bounded(SAMPLE);
+    // The edits per editor changed: the state (status, the banner, the fact) says so now,
+    // not at the next sync. Only that field of the code component's record is replaced.
+    let mut state = State::read_or_default(&cfg.state_file());
+    if let Some(code) = state.components.get_mut(&Component::Code) {
+        if code.plan.observed.is_object() && done.observed["edits"].is_object() {
+            code.plan.observed["edits"] = done.observed["edits"].clone();
+            state.write(&cfg.state_file())?;
+        }
+    }
     print_plan_list(&[(Component::Code, Ok(done))], style, "reset");
     Ok(ExitCode::Ok)
 }

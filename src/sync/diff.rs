@@ -240,8 +240,8 @@ fn scan(cfg: &Config, scope: &[String]) -> Result<Scan> {
             Some(st) => {
                 let m = man.entry()?;
                 if !equals_manifest(&m, &st, d, name, &mut None)? {
-                    let replaced = kind_of(&st) != Some(m.e.kind)
-                        || (m.live.0 != 0 && st.st_ino != m.live.0);
+                    let replaced =
+                        kind_of(&st) != Some(m.e.kind) || (m.live.0 != 0 && st.st_ino != m.live.0);
                     let who = editor_of_modified(replaced, st.st_uid, &tree_owners);
                     modified.push(edit(
                         p.to_string(),
@@ -643,4 +643,61 @@ fn render_stat(stats: &BTreeMap<String, Option<(u64, u64)>>) -> String {
         if del == 1 { "" } else { "s" }
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_names_the_editor_of_a_replaced_inode_never_of_an_in_place_write_to_ours() {
+        let tree = [0, 500];
+        // vim, sed -i: a new inode, the editor's own.
+        assert_eq!(editor_of_modified(true, 1001, &tree), Some(1001));
+        // root replaced it (sudo vim): root's.
+        assert_eq!(editor_of_modified(true, 0, &tree), Some(0));
+        // Written in place: the owner is still the sync's (root) or the tree's.
+        assert_eq!(editor_of_modified(false, 0, &tree), None);
+        assert_eq!(editor_of_modified(false, 500, &tree), None);
+        // Written in place, but the file was an engineer's before the sync adopted it.
+        assert_eq!(editor_of_modified(false, 1001, &tree), Some(1001));
+    }
+
+    fn e(path: &str, uid: Option<u32>, t: Option<i64>) -> Edit {
+        Edit {
+            path: path.into(),
+            change: Change::Modified,
+            user: uid.map(|u| format!("u{u}")),
+            uid,
+            changed_at: t.and_then(rfc3339),
+            changed_unix: t,
+            time_of: if t.is_some() { "mtime" } else { "unknown" }.into(),
+        }
+    }
+
+    #[test]
+    fn editors_are_counted_most_first_the_unknown_last() {
+        let edits = [
+            e("a", None, None),
+            e("b", None, None),
+            e("c", None, None),
+            e("d", Some(7), Some(100)),
+            e("e", Some(9), Some(50)),
+            e("f", Some(9), Some(200)),
+        ];
+        let c = per_editor(&edits);
+        let got: Vec<(Option<u32>, u64, Option<String>)> = c
+            .iter()
+            .map(|c| (c.uid, c.edits, c.newest.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some(9), 2, Some("1970-01-01T00:03:20Z".into())),
+                (Some(7), 1, Some("1970-01-01T00:01:40Z".into())),
+                (None, 3, None),
+            ]
+        );
+        assert_eq!(describe_counts(&c), "u9 2, u7 1, unknown 3");
+    }
 }

@@ -44,8 +44,8 @@ mod manifest;
 mod recover;
 mod reset;
 
-pub use diff::{diff, Whose};
 use diff::Census;
+pub use diff::{diff, Whose};
 pub use reset::reset;
 
 use engine::{Engine, EngineOpts};
