@@ -32,7 +32,7 @@ pub(super) struct LastSync {
     pub(super) release_file: Option<String>,
     /// Every edit of the tree summed per editor, as the end of the last sync (or reset) found it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) edits: Option<super::diff::Census>,
+    pub(super) edits: Option<super::editors::Census>,
 }
 
 impl LastSync {

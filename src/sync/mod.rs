@@ -14,7 +14,8 @@
 //! * gone from the image: deleted only if the live entry equals the manifest;
 //! * not in the manifest (an engineer's file): kept.
 //!
-//! The same image digest as the last sync ends the run before the live tree is touched. Every
+//! The same image digest as the last sync ends the run before the live tree is written (it is
+//! only read, to count the edits per editor: [`editors`], through `diff`'s scan). Every
 //! directory is opened from its parent's fd with `O_NOFOLLOW|O_DIRECTORY` ([`crate::fs::at`]): a
 //! live path component that is a symlink or a file stops that subtree, reported. Temp files are
 //! listed in `state_dir/sync/journal` before they are created, so the next run removes what a
@@ -23,8 +24,10 @@
 //! This folder: `mod.rs` holds the component's entry points (`check`, `apply`, `sync`) and the
 //! small helpers its parts share; `manifest` the state files (manifest and last sync), `live`
 //! the read-only comparisons of live entries, `engine` the writer, `recover` the journal
-//! cleanup, `diff` and `reset` the two commands of that name. Nothing here follows a symlink of
-//! the live tree or writes outside `code.path` and `state_dir`.
+//! cleanup, `diff` and `reset` the two commands of that name, `editors` who last changed each
+//! edit (the census of edits per editor that `sync` and `reset` record, for `status`, the banner
+//! and the fact). Nothing here follows a symlink of the live tree or writes outside `code.path`
+//! and `state_dir`.
 
 use crate::config::Config;
 use crate::fs::at;
@@ -38,14 +41,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 mod diff;
+mod editors;
 mod engine;
 mod live;
 mod manifest;
 mod recover;
 mod reset;
 
-use diff::Census;
 pub use diff::{diff, Whose};
+use editors::Census;
 pub use reset::reset;
 
 use engine::{Engine, EngineOpts};
