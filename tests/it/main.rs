@@ -11,6 +11,7 @@ mod hold;
 mod hostile;
 mod image;
 mod layout;
+mod mediawiki;
 mod motd;
 mod node;
 mod output;
