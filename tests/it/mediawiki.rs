@@ -404,3 +404,69 @@ fn real_mediawiki_routed_by_traffic_server_shows_a_deployers_edit_until_reset() 
     t("reset");
     drop(nginx);
 }
+
+/// The script's rules, in Debian's lua5.1 with a stand-in for tslua's `ts` (as WMF tests its
+/// own with busted): the `backend` attribute or the whole header; no header or an unknown name
+/// passes on; the table is read again once 10 s old, and a broken one keeps the last good.
+#[test]
+fn the_routing_script_routes_by_the_table_and_keeps_the_last_good_one() {
+    assert!(have("lua5.1"), "lua5.1 is missing: run tests/install-deps");
+    let tmp = tempfile::tempdir().unwrap();
+    let table = tmp.path().join("routes.table");
+    std::fs::write(
+        &table,
+        "-- a comment, as routing writes it\n[\"k8s-mw-experimental-exp1\"] = { host = \"10.0.0.1\", port = 4456 },\n",
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packaging/trafficserver/mw-experimental-debug-routing.lua");
+    let harness = tmp.path().join("harness.lua");
+    std::fs::write(
+        &harness,
+        format!(
+            r#"
+TS_LUA_REMAP_NO_REMAP, TS_LUA_REMAP_DID_REMAP_STOP, TS_LUA_CONFIG_HTTP_CACHE_HTTP = 0, 1, 7
+local now, routed, errors = 1000, nil, 0
+ts = {{
+  now = function() return now end,
+  error = function(m) errors = errors + 1 end,
+  client_request = {{
+    header = {{}},
+    set_url_host = function(h) routed = h end,
+    set_url_port = function(p) routed = routed .. ":" .. p end,
+  }},
+  http = {{ config_int_set = function() end }},
+}}
+dofile({script:?})
+assert(__init__({{[0] = "script", {table:?}}}) == 0)
+local function ask(xwd)
+  routed = nil
+  ts.client_request.header["X-Wikimedia-Debug"] = xwd
+  local rc = do_remap()
+  return tostring(rc) .. " " .. tostring(routed)
+end
+print(ask("backend=k8s-mw-experimental-exp1; profile"))
+print(ask("k8s-mw-experimental-exp1"))
+print(ask(nil))
+print(ask("backend=k8s-mw-experimental-exp2"))
+local f = io.open({table:?}, "w")
+f:write('["k8s-mw-experimental-exp2"] = {{ host = "10.0.0.2", port = 4456 }},\n')
+f:close()
+print(ask("backend=k8s-mw-experimental-exp2"))
+now = now + 11
+print(ask("backend=k8s-mw-experimental-exp2"), ask("backend=k8s-mw-experimental-exp1"))
+f = io.open({table:?}, "w") f:write('["x"] = {{ host = os.exit(3) }},\n') f:close()
+now = now + 11
+print(ask("backend=k8s-mw-experimental-exp2"), errors)
+"#,
+            script = script.display().to_string(),
+            table = table.display().to_string(),
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        sh(Command::new("lua5.1").arg(&harness)),
+        "1 10.0.0.1:4456\n1 10.0.0.1:4456\n0 nil\n0 nil\n0 nil\n\
+         1 10.0.0.2:4456\t0 nil\n1 10.0.0.2:4456\t1\n"
+    );
+}
