@@ -3,8 +3,6 @@
 //! containerd, the test Kubernetes API server, a deployer group) live in `support/`. They run
 //! the real binary against real tools.
 
-mod support;
-
 mod cli;
 mod editors;
 mod group;
@@ -13,6 +11,7 @@ mod hostile;
 mod image;
 mod layout;
 mod lease;
+mod mediawiki;
 mod motd;
 mod node;
 mod output;
@@ -24,6 +23,7 @@ mod release;
 mod render;
 mod request_path;
 mod routing;
+mod support;
 mod sync;
 mod sync_model;
 mod watch;

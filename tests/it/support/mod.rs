@@ -151,6 +151,8 @@ pub fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+pub mod ats;
+pub mod browser;
 pub mod containerd;
 pub mod kube;
 pub mod kube_api;

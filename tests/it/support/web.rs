@@ -29,7 +29,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn spawn(what: &'static str, cmd: &mut Command, log: PathBuf) -> Daemon {
+    pub fn spawn(what: &'static str, cmd: &mut Command, log: PathBuf) -> Daemon {
         let f = std::fs::File::create(&log).expect("log file");
         use std::os::unix::process::CommandExt;
         let child = cmd
@@ -43,7 +43,7 @@ impl Daemon {
     }
 
     /// Waits until `ready` holds, or panics with the log.
-    fn wait(&mut self, mut ready: impl FnMut() -> bool) {
+    pub fn wait(&mut self, mut ready: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ready() {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -79,7 +79,7 @@ impl Drop for Daemon {
     }
 }
 
-fn listening(port: u16) -> bool {
+pub fn listening(port: u16) -> bool {
     TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
