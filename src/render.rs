@@ -37,10 +37,48 @@ pub const PHP_INI_DIR: &str = "/etc/php-mw-experimental";
 /// The php settings file in that directory.
 pub const PHP_INI_FILE: &str = "zz-mw-experimental.ini";
 
-/// The images the pods run (registry/name:tag each).
+/// The images the pods run (registry/name:tag each), with the digest of what each tag pointed
+/// at when the node got it (`sha256:...`), where the node knows it.
 pub struct Images {
     pub app: String,
     pub webserver: String,
+    pub app_digest: Option<String>,
+    pub webserver_digest: Option<String>,
+}
+
+/// Where each container may write, while its root file system is read-only: an `emptyDir` of
+/// its own at `/tmp` (uploads, sessions, php's and Apache's temporary files) and `/run` (pid and
+/// lock files, Apache's `/run/apache2` and `/run/lock`).
+const SCRATCH: [(&str, &str, &str); 2] = [("tmp", "/tmp", "256Mi"), ("run", "/run", "16Mi")];
+
+/// What checkov (`--framework kubernetes`) reports that is right as it is, waived on the object
+/// with its skip annotation and a one-line reason.
+const WAIVERS: [(&str, &str); 2] = [
+    (
+        "CKV_K8S_40",
+        "uid 33 (www-data) is what WMF's php-fpm and web server images run as, and what reads the tree",
+    ),
+    (
+        "CKV_K8S_15",
+        "IfNotPresent: the pods run the image the node already holds, by tag and digest; Always would make every start depend on the registry",
+    ),
+];
+
+/// `registry/name:tag@sha256:...` when the digest is a registry's (a directory source's is
+/// not), else the tag alone.
+pub fn pinned(reference: &str, digest: Option<&str>) -> String {
+    match digest {
+        Some(d)
+            if d.len() == 71
+                && d.starts_with("sha256:")
+                && d[7..]
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) =>
+        {
+            format!("{reference}@{d}")
+        }
+        _ => reference.to_string(),
+    }
 }
 
 /// The php settings: opcache on, and revalidating every file on every request, so that an
@@ -52,7 +90,7 @@ opcache.enable=1\n\
 opcache.validate_timestamps=1\n\
 opcache.revalidate_freq=0\n";
 
-/// The YAML documents: Namespace, php settings, DaemonSet, Service.
+/// The YAML documents: Namespace, php settings, DaemonSet, Service, NetworkPolicy.
 pub fn render(cfg: &Config, images: &Images) -> Result<String> {
     let k = &cfg.kubernetes;
     let s = &cfg.service;
@@ -65,6 +103,8 @@ pub fn render(cfg: &Config, images: &Images) -> Result<String> {
             bail!("rendering the workload: {what} {img:?} {why}");
         }
     }
+    let app_image = pinned(&images.app, images.app_digest.as_deref());
+    let webserver_image = pinned(&images.webserver, images.webserver_digest.as_deref());
     let labels = json!({"app": APP, "servergroup": SERVERGROUP});
     let meta = |name: &str| json!({"name": name, "namespace": s.namespace, "labels": labels});
     let code_in_pod = cfg.image.path.display().to_string();
@@ -72,8 +112,68 @@ pub fn render(cfg: &Config, images: &Images) -> Result<String> {
     let security = json!({
         "runAsUser": WWW_DATA, "runAsGroup": WWW_DATA, "runAsNonRoot": true,
         "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": true,
         "seccompProfile": {"type": "RuntimeDefault"}
     });
+    // Each container's own scratch volumes: "<container>-tmp", "<container>-run".
+    let scratch_mounts = |c: &str| -> Vec<Value> {
+        SCRATCH
+            .iter()
+            .map(|(n, path, _)| json!({"name": format!("{c}-{n}"), "mountPath": path}))
+            .collect()
+    };
+    let mut volumes = vec![
+        json!({"name": "mediawiki-code",
+               "hostPath": {"path": cfg.code.path.display().to_string(), "type": "Directory"}}),
+        json!({"name": "php-config", "configMap": {"name": format!("{APP}-php")}}),
+    ];
+    for c in ["app", "httpd"] {
+        for (n, _, size) in SCRATCH {
+            let medium = if n == "run" { "Memory" } else { "" };
+            volumes.push(json!({"name": format!("{c}-{n}"),
+                                "emptyDir": {"medium": medium, "sizeLimit": size}}));
+        }
+    }
+    let mut app_mounts = vec![
+        code_mount.clone(),
+        json!({"name": "php-config", "mountPath": PHP_INI_DIR, "readOnly": true}),
+    ];
+    app_mounts.extend(scratch_mounts("app"));
+    let mut httpd_mounts = vec![code_mount];
+    httpd_mounts.extend(scratch_mounts("httpd"));
+    // checkov's waivers: the fixed ones, and the digest pin where the node does not know a digest.
+    let mut waivers: Vec<(String, String)> = WAIVERS
+        .iter()
+        .map(|(id, why)| (id.to_string(), why.to_string()))
+        .collect();
+    let unpinned: Vec<&str> = [(&app_image, "MediaWiki"), (&webserver_image, "web server")]
+        .iter()
+        .filter(|(i, _)| !i.contains('@'))
+        .map(|(_, what)| *what)
+        .collect();
+    if !unpinned.is_empty() {
+        waivers.push((
+            "CKV_K8S_43".into(),
+            if unpinned.len() == 1 {
+                format!(
+                    "the node knows no registry digest of the {} image, which runs by its exact tag",
+                    unpinned[0]
+                )
+            } else {
+                "the node knows no registry digest of the MediaWiki and web server images, which run by their exact tags".to_string()
+            },
+        ));
+    }
+    let annotations: serde_json::Map<String, Value> = waivers
+        .iter()
+        .enumerate()
+        .map(|(i, (id, why))| {
+            (
+                format!("checkov.io/skip{}", i + 1),
+                json!(format!("{id}={why}")),
+            )
+        })
+        .collect();
     let php_env = [
         ("SERVERGROUP", SERVERGROUP.to_string()),
         ("FCGI_MODE", "FCGI_TCP".into()),
@@ -114,15 +214,19 @@ pub fn render(cfg: &Config, images: &Images) -> Result<String> {
         .iter()
         .map(|(key, v)| json!({"key": key, "operator": "In", "values": [v]}))
         .collect();
+    let mut ds_meta = meta(APP);
+    ds_meta["annotations"] = Value::Object(annotations);
     let daemonset = json!({
         "apiVersion": "apps/v1", "kind": "DaemonSet",
-        "metadata": meta(APP),
+        "metadata": ds_meta,
         "spec": {
             "selector": {"matchLabels": {"app": APP}},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
+                    // MediaWiki never calls the Kubernetes API.
+                    "automountServiceAccountToken": false,
                     "securityContext": {"runAsUser": WWW_DATA, "runAsGroup": WWW_DATA,
                                         "runAsNonRoot": true,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
@@ -134,7 +238,7 @@ pub fn render(cfg: &Config, images: &Images) -> Result<String> {
                     "containers": [
                         {
                             "name": format!("{APP}-app"),
-                            "image": images.app,
+                            "image": app_image,
                             "imagePullPolicy": "IfNotPresent",
                             "env": env,
                             "ports": [{"name": "fcgi", "containerPort": FCGI_PORT, "protocol": "TCP"}],
@@ -143,14 +247,11 @@ pub fn render(cfg: &Config, images: &Images) -> Result<String> {
                             "readinessProbe": {"tcpSocket": {"port": "fcgi"}, "periodSeconds": 5},
                             "resources": resources(&s.resources),
                             "securityContext": security,
-                            "volumeMounts": [
-                                code_mount,
-                                {"name": "php-config", "mountPath": PHP_INI_DIR, "readOnly": true}
-                            ]
+                            "volumeMounts": app_mounts
                         },
                         {
                             "name": format!("{APP}-httpd"),
-                            "image": images.webserver,
+                            "image": webserver_image,
                             "imagePullPolicy": "IfNotPresent",
                             "env": [
                                 {"name": "SERVERGROUP", "value": SERVERGROUP},
@@ -162,14 +263,10 @@ pub fn render(cfg: &Config, images: &Images) -> Result<String> {
                             "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 5},
                             "resources": resources(&s.webserver_resources),
                             "securityContext": security,
-                            "volumeMounts": [code_mount]
+                            "volumeMounts": httpd_mounts
                         }
                     ],
-                    "volumes": [
-                        {"name": "mediawiki-code",
-                         "hostPath": {"path": cfg.code.path.display().to_string(), "type": "Directory"}},
-                        {"name": "php-config", "configMap": {"name": format!("{APP}-php")}}
-                    ]
+                    "volumes": volumes
                 }
             }
         }
@@ -185,15 +282,31 @@ pub fn render(cfg: &Config, images: &Images) -> Result<String> {
                        "targetPort": "http", "nodePort": s.node_port}]
         }
     });
+    // Ingress: the NodePort's traffic, which reaches the pod on the web server's port with the
+    // client's own address (externalTrafficPolicy: Local), from anywhere. php-fpm's port is only
+    // for the web server in the same pod, and the kubelet's probes come from the node itself,
+    // which network policies do not filter. Egress: MediaWiki reaches what production's pods
+    // reach (databases, caches, the service mesh, DNS, logging), which WMF's cluster-wide
+    // policies govern; listed here it would drift, so every egress is admitted explicitly.
+    let network_policy = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": meta(APP),
+        "spec": {
+            "podSelector": {"matchLabels": {"app": APP}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"ports": [{"protocol": "TCP", "port": HTTP_PORT}]}],
+            "egress": [{}]
+        }
+    });
 
     let mut out = String::new();
     out.push_str(&format!(
         "# mw-experimental: the Kubernetes side, generated by `mw-experimental render` from the same\n\
          # configuration that labels and taints the nodes. Images: {} and {}.\n\
          # Apply with `kubectl apply -f -`.\n",
-        images.app, images.webserver
+        app_image, webserver_image
     ));
-    let docs: [(&str, &Value); 4] = [
+    let docs: [(&str, &Value); 5] = [
         ("# The namespace (WMF: mw-experimental).\n", &namespace),
         (
             "# php: opcache on, revalidating every file on every request, so edits show at once.\n",
@@ -211,6 +324,11 @@ pub fn render(cfg: &Config, images: &Images) -> Result<String> {
              # (internalTrafficPolicy governs only ClusterIP traffic.) `mw-experimental routing`\n\
              # prints the X-Wikimedia-Debug entries for these nodes.\n",
             &service,
+        ),
+        (
+            "# Who may reach the pods: the NodePort traffic on the web server's port; MediaWiki may\n\
+             # reach what production's pods reach.\n",
+            &network_policy,
         ),
     ];
     for (comment, doc) in docs {
@@ -291,6 +409,8 @@ mod tests {
             app: "r.example/restricted/mediawiki-multiversion:2024-08-08-135932-publish".into(),
             webserver: "r.example/restricted/mediawiki-webserver:2024-08-08-135932-webserver"
                 .into(),
+            app_digest: None,
+            webserver_digest: None,
         }
     }
 
@@ -310,11 +430,31 @@ mod tests {
                 &cfg,
                 &Images {
                     app: bad.into(),
-                    webserver: images().webserver,
+                    ..images()
                 },
             )
             .unwrap_err();
             assert!(format!("{e}").contains("MediaWiki image"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn images_are_pinned_only_to_a_registry_digest() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            pinned("r.example/mw:t1", Some(&d)),
+            format!("r.example/mw:t1@{d}")
+        );
+        for not_a_registry_digest in [
+            None,
+            Some(format!("blake3:{}", "ab".repeat(32))),
+            Some("sha256:abc".to_string()),
+            Some(format!("sha256:{}", "AB".repeat(32))),
+        ] {
+            assert_eq!(
+                pinned("r.example/mw:t1", not_a_registry_digest.as_deref()),
+                "r.example/mw:t1"
+            );
         }
     }
 }

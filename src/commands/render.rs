@@ -23,27 +23,32 @@ pub fn render(cfg: &Config, helmfile_values: bool) -> Result<ExitCode> {
 }
 
 /// The images the pods run: the release file's (MediaWiki and web server), else the MediaWiki
-/// image last synced and `service.webserver_image`.
+/// image last synced and `service.webserver_image`. The MediaWiki image is pinned to the digest
+/// the last sync recorded when that sync was of the same reference (the node holds exactly that
+/// image); nothing is asked of containerd or a registry.
 fn images(cfg: &Config) -> Result<Images> {
     let rel = release::configured(cfg)?;
+    let state = State::read(&cfg.state_file())?;
+    let synced = state
+        .as_ref()
+        .and_then(|s| s.components.get(&Component::Code))
+        .map(|c| &c.plan.observed);
+    let synced_image = synced.and_then(|o| o["image"].as_str().map(str::to_string));
     let app = match &rel {
         Some(r) => r.reference.clone(),
-        None => {
-            let state = State::read(&cfg.state_file())?;
-            let synced = state
-                .as_ref()
-                .and_then(|s| s.components.get(&Component::Code))
-                .and_then(|c| c.plan.observed["image"].as_str().map(str::to_string));
-            match synced {
-                Some(i) => i,
-                None => bail!(
-                    "rendering the workload: no image to run: the tree was never synced ({}) and \
-                     image.release_file is not set; run `mw-experimental sync` first, or set \
-                     image.release_file",
-                    cfg.state_file().display()
-                ),
-            }
-        }
+        None => match &synced_image {
+            Some(i) => i.clone(),
+            None => bail!(
+                "rendering the workload: no image to run: the tree was never synced ({}) and \
+                 image.release_file is not set; run `mw-experimental sync` first, or set \
+                 image.release_file",
+                cfg.state_file().display()
+            ),
+        },
+    };
+    let app_digest = match (synced_image, synced.and_then(|o| o["digest"].as_str())) {
+        (Some(i), Some(d)) if i == app => Some(d.to_string()),
+        _ => None,
     };
     let webserver = match (&cfg.service.webserver_image, rel.and_then(|r| r.webserver)) {
         (Some(w), _) => w.clone(),
@@ -53,5 +58,10 @@ fn images(cfg: &Config) -> Result<Images> {
              (registry/name:tag), or image.release_file to a release file with mw.httpd.image_tag"
         ),
     };
-    Ok(Images { app, webserver })
+    Ok(Images {
+        app,
+        webserver,
+        app_digest,
+        webserver_digest: None,
+    })
 }

@@ -1,10 +1,30 @@
 //! The foundation: configuration errors, the fact (through the real Facter), the state file,
-//! the lock.
+//! the lock. The binary runs under `assert_cmd` (exit code and output asserted with
+//! `predicates`), in the worlds `support` builds.
 
 use crate::support::*;
+use assert_cmd::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// `mw-experimental --config <world's config>`, under assert_cmd.
+fn mwx(w: &World) -> Command {
+    Command::from_std(w.cmd())
+}
+
+/// What a successful run printed on stdout, as JSON.
+#[track_caller]
+fn json_of(assert: assert_cmd::assert::Assert) -> serde_json::Value {
+    let out = &assert.get_output().stdout;
+    serde_json::from_slice(out).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(out)
+        )
+    })
+}
 
 /// A directory Facter can use as `--external-dir`: the binary linked as `mw_experimental`.
 fn fact_dir(w: &World) -> std::path::PathBuf {
@@ -21,7 +41,10 @@ fn facter(dir: &std::path::Path, config: Option<&std::path::Path>, query: &str) 
         Some(c) => cmd.env("MW_EXPERIMENTAL_CONFIG", c),
         None => cmd.env_remove("MW_EXPERIMENTAL_CONFIG"),
     };
-    sh(&mut cmd).trim().to_string()
+    let out = cmd.assert().success();
+    String::from_utf8_lossy(&out.get_output().stdout)
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -136,29 +159,14 @@ fn each_invalid_config_is_rejected_naming_file_and_key_and_nothing_is_written() 
     for (what, yaml, key) in cases {
         let w = World::new(yaml);
         for args in [&["apply"][..], &["plan"], &["sync"], &["config"]] {
-            let out = w.run(args);
-            assert_eq!(
-                out.code,
-                2,
-                "{what}: `{}` exit code\n{}",
-                args.join(" "),
-                out.stderr
-            );
-            assert!(
-                out.stderr.contains(key),
-                "{what}: message lacks the key {key:?}:\n{}",
-                out.stderr
-            );
-            assert!(
-                out.stderr.contains(&w.config.display().to_string()),
-                "{what}: message lacks the file:\n{}",
-                out.stderr
-            );
-            assert!(
-                out.stdout.is_empty(),
-                "{what}: printed data despite the error: {}",
-                out.stdout
-            );
+            // assert_cmd's failure shows the command and its output; this line, the case.
+            eprintln!("case: {what}: `{}`", args.join(" "));
+            mwx(&w)
+                .args(args)
+                .assert()
+                .code(2)
+                .stderr(contains(*key).and(contains(w.config.display().to_string())))
+                .stdout(predicate::str::is_empty());
             assert!(
                 !w.state_dir.exists(),
                 "{what}: `{}` created the state dir",
@@ -176,10 +184,11 @@ fn each_invalid_config_is_rejected_naming_file_and_key_and_nothing_is_written() 
 #[test]
 fn malformed_yaml_reports_line_and_column() {
     let w = World::new("enabled: true\nkubernetes:\n  labels: {a: [\n");
-    w.run(&["plan"])
+    mwx(&w)
+        .arg("plan")
+        .assert()
         .code(2)
-        .stderr_has("line 6 column")
-        .stderr_has(&w.config.display().to_string());
+        .stderr(contains("line 6 column").and(contains(w.config.display().to_string())));
 }
 
 #[test]
@@ -191,27 +200,28 @@ fn state_dir_inside_the_code_tree_is_refused() {
         w.code.display()
     );
     std::fs::write(&w.config, text).unwrap();
-    w.run(&["apply"]).code(2).stderr_has("state_dir");
+    mwx(&w)
+        .arg("apply")
+        .assert()
+        .code(2)
+        .stderr(contains("state_dir"));
     assert!(!w.code.exists());
 }
 
 #[test]
 fn a_missing_explicit_config_file_is_an_error() {
-    let w = World::new("");
-    let out = Out::of(
-        Command::new(bin())
-            .args(["--config", "/nonexistent/mwx.yaml", "plan"])
-            .output()
-            .unwrap(),
-    );
-    out.code(2).stderr_has("/nonexistent/mwx.yaml");
-    drop(w);
+    Command::new(bin())
+        .args(["--config", "/nonexistent/mwx.yaml", "plan"])
+        .assert()
+        .code(2)
+        .stderr(contains("/nonexistent/mwx.yaml"))
+        .stdout(predicate::str::is_empty());
 }
 
 #[test]
 fn config_prints_the_effective_configuration_with_defaults() {
     let w = World::new("enabled: true\ndeployers: { members: [alice] }\n");
-    let v = w.run(&["config", "--json"]).code(0).json();
+    let v = json_of(mwx(&w).args(["config", "--json"]).assert().success());
     assert_eq!(v["enabled"], true);
     assert_eq!(v["deployers"]["members"][0], "alice");
     assert_eq!(
@@ -219,16 +229,25 @@ fn config_prints_the_effective_configuration_with_defaults() {
         "defaults fill what the file leaves out"
     );
     assert_eq!(v["kubernetes"]["taints"].as_array().unwrap().len(), 2);
-    let yaml = w.run(&["config"]).code(0).stdout.clone();
+    let yaml = mwx(&w)
+        .arg("config")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     // The YAML it prints is itself a valid configuration that means the same.
     std::fs::write(&w.config, &yaml).unwrap();
-    assert_eq!(w.run(&["config", "--json"]).code(0).json(), v);
+    assert_eq!(
+        json_of(mwx(&w).args(["config", "--json"]).assert().success()),
+        v
+    );
 }
 
 #[test]
 fn fact_without_state_is_valid_json_with_the_reason() {
     let w = World::new("enabled: true\n");
-    let v = w.run(&["facts"]).code(0).json();
+    let v = json_of(mwx(&w).arg("facts").assert().success());
     let f = &v["mw_experimental"];
     assert_eq!(f["enabled"], true);
     assert_eq!(f["state"], "unknown");
@@ -245,7 +264,7 @@ fn fact_with_a_corrupt_state_file_is_valid_json_with_the_reason() {
     std::fs::create_dir_all(&w.state_dir).unwrap();
     for garbage in ["{\"version\": \"0.1", "\0\0\0", "[]"] {
         std::fs::write(w.state_dir.join("state.json"), garbage).unwrap();
-        let v = w.run(&["facts"]).code(0).json();
+        let v = json_of(mwx(&w).arg("facts").assert().success());
         let f = &v["mw_experimental"];
         assert_eq!(f["state"], "unknown", "{garbage:?}: {f}");
         assert!(f["reason"].as_str().unwrap().contains("state.json"), "{f}");
@@ -253,20 +272,20 @@ fn fact_with_a_corrupt_state_file_is_valid_json_with_the_reason() {
         let dir = w.path().join(format!("fd{}", garbage.len()));
         std::fs::create_dir_all(&dir).unwrap();
         std::os::unix::fs::symlink(bin(), dir.join("mw_experimental")).unwrap();
-        let out = Out::of(
+        let v = json_of(
             Command::new(dir.join("mw_experimental"))
                 .env("MW_EXPERIMENTAL_CONFIG", &w.config)
-                .output()
-                .unwrap(),
+                .assert()
+                .success(),
         );
-        assert_eq!(out.code(0).json()["mw_experimental"]["state"], "unknown");
+        assert_eq!(v["mw_experimental"]["state"], "unknown");
     }
 }
 
 #[test]
 fn fact_with_an_invalid_config_still_answers_valid_json() {
     let w = World::new("enabled: yes please\n");
-    let v = w.run(&["facts"]).code(0).json();
+    let v = json_of(mwx(&w).arg("facts").assert().success());
     assert_eq!(v["mw_experimental"]["state"], "unknown");
     assert!(v["mw_experimental"]["reason"]
         .as_str()
@@ -277,9 +296,11 @@ fn fact_with_an_invalid_config_still_answers_valid_json() {
 #[test]
 fn unknown_component_is_an_error() {
     let w = World::new("");
-    w.run(&["plan", "groups"])
+    mwx(&w)
+        .args(["plan", "groups"])
+        .assert()
         .code(2)
-        .stderr_has("unknown component \"groups\"");
+        .stderr(contains("unknown component \"groups\""));
 }
 
 /// A kubectl that never answers: the node component holds the lock until its own deadline.
@@ -312,17 +333,20 @@ fn a_second_apply_fails_with_the_holders_pid_when_the_lock_is_held() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let second = w.run(&["apply", "node", "--lock-wait", "1"]);
-    second
+    mwx(&w)
+        .args(["apply", "node", "--lock-wait", "1"])
+        .assert()
         .code(2)
-        .stderr_has(&format!("another run (pid {}", first.id()))
-        .stderr_has("lock");
+        .stderr(contains(format!("another run (pid {}", first.id())).and(contains("lock")));
     // Waiting long enough, the second run gets the lock once the first one is done.
-    let third = w.run(&["apply", "node", "--lock-wait", "20"]);
-    assert!(!third.stderr.contains("holds the lock"), "{}", third.stderr);
-    third
-        .stderr_has("waiting for another run")
-        .stderr_has("kubectl did not finish");
+    mwx(&w)
+        .args(["apply", "node", "--lock-wait", "20"])
+        .assert()
+        .stderr(
+            contains("waiting for another run")
+                .and(contains("kubectl did not finish"))
+                .and(contains("holds the lock").not()),
+        );
     assert_eq!(
         first.wait().unwrap().code(),
         Some(2),

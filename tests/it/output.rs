@@ -1,20 +1,38 @@
 //! What people see: a first sync of a 5,000-entry tree says what happened in a few lines (paths
 //! with `-v`), a sync under a pseudo-terminal shows progress on stderr, and without a terminal
-//! the output has no control characters at all.
+//! the output has no control characters at all. The binary (and `script`, for the terminal)
+//! run under `assert_cmd`.
 
 use crate::support::*;
+use assert_cmd::assert::Assert;
+use assert_cmd::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// A MediaWiki-shaped image of `entries` entries (bench/gen-tree) in `w`.
 fn image(w: &World, entries: u32) -> PathBuf {
     let img = w.path().join("image");
-    sh(
-        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/gen-tree"))
-            .arg(img.join("srv/mediawiki"))
-            .args(["--entries", &entries.to_string()]),
-    );
+    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/gen-tree"))
+        .arg(img.join("srv/mediawiki"))
+        .args(["--entries", &entries.to_string()])
+        .assert()
+        .success();
     img
+}
+
+/// `mw-experimental --config <world's config>`, under assert_cmd.
+fn mwx(w: &World) -> Command {
+    Command::from_std(w.cmd())
+}
+
+/// A finished run's stdout and stderr, as text.
+fn texts(a: &Assert) -> (String, String) {
+    let o = a.get_output();
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn world_syncing(img: &Path) -> World {
@@ -36,51 +54,37 @@ fn a_first_sync_of_5000_entries_is_a_short_report_and_v_lists_paths() {
     let img = image(&base, 5000);
 
     let w = world_syncing(&img);
-    let out = Out::of(
-        w.cmd()
-            .arg("sync")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("INVOCATION_ID")
-            .output()
-            .unwrap(),
-    );
-    out.code(0);
-    let lines = out.stdout.lines().count() + out.stderr.lines().count();
+    let run = mwx(&w)
+        .arg("sync")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("INVOCATION_ID")
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with("sync: code: "));
+    let (stdout, stderr) = texts(&run);
+    let lines = stdout.lines().count() + stderr.lines().count();
     assert!(
         lines <= 15,
-        "{lines} lines:\n--- stdout\n{}--- stderr\n{}",
-        out.stdout,
-        out.stderr
+        "{lines} lines:\n--- stdout\n{stdout}--- stderr\n{stderr}"
     );
-    let first = out.stdout.lines().next().unwrap_or("");
-    assert!(
-        first.starts_with("sync: code: ") && first.contains(" written"),
-        "the summary line: {first}"
-    );
-    assert_eq!(
-        control_chars(&out.stdout),
-        Vec::<char>::new(),
-        "{}",
-        out.stdout
-    );
-    assert_eq!(
-        control_chars(&out.stderr),
-        Vec::<char>::new(),
-        "{}",
-        out.stderr
-    );
+    let first = stdout.lines().next().unwrap_or("");
+    assert!(first.contains(" written"), "the summary line: {first}");
+    assert_eq!(control_chars(&stdout), Vec::<char>::new(), "{stdout}");
+    assert_eq!(control_chars(&stderr), Vec::<char>::new(), "{stderr}");
 
     // -v: the written paths, grouped.
     let w = world_syncing(&img);
-    let out = w.run(&["-v", "sync"]);
-    out.code(0);
-    assert!(out.stdout.contains("  code mkdir ("), "{}", out.stdout);
-    let listed = out
-        .stdout
+    let run = mwx(&w)
+        .args(["-v", "sync"])
+        .assert()
+        .success()
+        .stdout(contains("  code mkdir ("));
+    let (stdout, _) = texts(&run);
+    let listed = stdout
         .lines()
         .filter(|l| l.starts_with("    ") && !l.trim().is_empty())
         .count();
-    assert!(listed >= 10, "-v listed {listed} paths:\n{}", out.stdout);
+    assert!(listed >= 10, "-v listed {listed} paths:\n{stdout}");
 }
 
 #[test]
@@ -94,13 +98,9 @@ fn sync_on_a_terminal_shows_progress_on_stderr() {
     let w = world_syncing(&img);
     // `script` gives the command a pseudo-terminal; its transcript is what the terminal showed.
     let line = format!("{} --config {} sync", bin().display(), w.config.display());
-    let out = on_terminal(&line, Some(("TERM", "xterm")));
-    out.code(0);
-    assert!(
-        out.stdout.contains("scanned") && out.stdout.contains("written,"),
-        "no progress on the terminal:\n{}",
-        out.stdout
-    );
+    on_terminal(&line, Some(("TERM", "xterm")))
+        .success()
+        .stdout(contains("scanned").and(contains("written,")));
     // -q, or under systemd: no progress line.
     for (args, env) in [(" -q", None), ("", Some(("INVOCATION_ID", "0123")))] {
         let w = world_syncing(&img);
@@ -109,13 +109,10 @@ fn sync_on_a_terminal_shows_progress_on_stderr() {
             bin().display(),
             w.config.display()
         );
-        let out = on_terminal(&line, env);
-        out.code(0);
-        assert!(
-            !out.stdout.contains("scanned"),
-            "{args} {env:?}:\n{}",
-            out.stdout
-        );
+        eprintln!("case: {args:?} {env:?}");
+        on_terminal(&line, env)
+            .success()
+            .stdout(contains("scanned").not());
     }
 }
 
@@ -135,7 +132,7 @@ fn diff_stat_counts_changed_lines_per_file() {
         "enabled: true\nimage: {{ source: directory, location: {} }}\n",
         img.display()
     ));
-    w.run(&["sync"]).code(0);
+    mwx(&w).arg("sync").assert().success();
     std::fs::write(
         w.code.join("index.php"),
         "<?php\n// ONE\n// two\n// three\n",
@@ -144,9 +141,9 @@ fn diff_stat_counts_changed_lines_per_file() {
     std::fs::remove_file(w.code.join("gone.php")).unwrap();
     std::fs::write(w.code.join("new.php"), "1\n2\n").unwrap();
 
-    let out = w.run(&["diff", "--stat"]);
-    out.code(1);
-    let lines: Vec<&str> = out.stdout.lines().collect();
+    let run = mwx(&w).args(["diff", "--stat"]).assert().code(1);
+    let (stdout, _) = texts(&run);
+    let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines,
         [
@@ -156,10 +153,10 @@ fn diff_stat_counts_changed_lines_per_file() {
             " new.php   |     2 ++",
             " 3 files changed, 4 insertions(+), 5 deletions(-)",
         ],
-        "{}",
-        out.stdout
+        "{stdout}"
     );
-    let j = w.run(&["--json", "diff", "--stat"]).json();
+    let run = mwx(&w).args(["--json", "diff", "--stat"]).assert().code(1);
+    let j: serde_json::Value = serde_json::from_slice(&run.get_output().stdout).unwrap();
     assert_eq!(j["stat"]["index.php"]["insertions"], 2, "{j}");
     assert_eq!(j["stat"]["index.php"]["deletions"], 1, "{j}");
 }
@@ -177,24 +174,20 @@ fn apply_permissions_on_a_terminal_shows_progress() {
         g.gid,
         img.display()
     ));
-    w.run(&["sync"]).code(0);
+    mwx(&w).arg("sync").assert().success();
     let line = format!(
         "{} --config {} apply permissions",
         bin().display(),
         w.config.display()
     );
-    let out = on_terminal(&line, Some(("TERM", "xterm")));
-    out.code(0);
-    assert!(
-        out.stdout.contains("apply permissions: ") && out.stdout.contains("scanned"),
-        "no progress on the terminal:\n{}",
-        out.stdout
-    );
+    on_terminal(&line, Some(("TERM", "xterm")))
+        .success()
+        .stdout(contains("apply permissions: ").and(contains("scanned")));
 }
 
 /// Runs the shell command line `line` on a pseudo-terminal (`script`), outside systemd, with
-/// one extra environment variable; its transcript is what the terminal showed.
-fn on_terminal(line: &str, env: Option<(&str, &str)>) -> Out {
+/// one extra environment variable; its transcript (stdout) is what the terminal showed.
+fn on_terminal(line: &str, env: Option<(&str, &str)>) -> Assert {
     let mut cmd = Command::new("script");
     cmd.args(["-qec", line, "/dev/null"])
         .env_remove("JOURNAL_STREAM")
@@ -202,5 +195,5 @@ fn on_terminal(line: &str, env: Option<(&str, &str)>) -> Out {
     if let Some((k, v)) = env {
         cmd.env(k, v);
     }
-    Out::of(cmd.output().unwrap())
+    cmd.assert()
 }

@@ -1,5 +1,5 @@
 //! What the Debian package ships besides the binary: the man pages and completion scripts
-//! that `packaging/build-deb` generates with the hidden `generate` command.
+//! that `debian/rules` generates with the hidden `generate` command, and the package version.
 
 use crate::support::*;
 use std::process::Command;
@@ -55,4 +55,32 @@ fn generate_completion_prints_a_script_bash_accepts() {
         .unwrap();
     let words = String::from_utf8_lossy(&words.stdout);
     assert!(words.lines().any(|w| w == "plan"), "completions: {words:?}");
+}
+
+/// The package's version is debian/changelog's: its upstream part must be the crate's, or the
+/// .deb would claim a version the binary does not report.
+#[test]
+fn debian_changelog_is_at_the_crates_version() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("dpkg-parsechangelog")
+        .arg("-l")
+        .arg(root.join("debian/changelog"))
+        .args(["-S", "Version"])
+        .output()
+        .expect("dpkg-parsechangelog (dpkg-dev): run tests/install-deps");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = String::from_utf8(out.stdout).unwrap();
+    let upstream = version
+        .trim()
+        .rsplit_once('-')
+        .map_or(version.trim(), |(u, _)| u);
+    assert_eq!(
+        upstream,
+        env!("CARGO_PKG_VERSION"),
+        "debian/changelog: {version}"
+    );
 }

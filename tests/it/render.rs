@@ -187,6 +187,7 @@ fn rendered_manifests_pass_kubectl_apply_dry_run_and_are_production_shaped() {
         "configmap/mw-experimental-php created (dry run)",
         "daemonset.apps/mw-experimental created (dry run)",
         "service/mw-experimental created (dry run)",
+        "networkpolicy.networking.k8s.io/mw-experimental created (dry run)",
     ] {
         assert!(
             applied.stdout.contains(obj),
@@ -242,7 +243,54 @@ fn rendered_manifests_pass_kubectl_apply_dry_run_and_are_production_shaped() {
     for c in containers {
         assert_eq!(c["securityContext"]["runAsUser"], 33);
         assert_eq!(c["securityContext"]["runAsGroup"], 33);
+        // A read-only root, and an emptyDir of its own wherever the container writes.
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{c}");
+        for dir in ["/tmp", "/run"] {
+            let m = c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["mountPath"] == dir)
+                .unwrap_or_else(|| panic!("{}: nothing mounted at {dir}", c["name"]));
+            let v = ds["spec"]["template"]["spec"]["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == m["name"])
+                .unwrap();
+            assert!(v["emptyDir"].is_object(), "{v}");
+        }
     }
+    // MediaWiki never calls the API: no service account token in the pods.
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
+    // The release file names a tag only; no sync recorded its digest, so the pin is waived on
+    // the object, with its reason.
+    let waivers: Vec<&str> = ds["metadata"]["annotations"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with("checkov.io/skip"))
+        .map(|(_, v)| v.as_str().unwrap())
+        .collect();
+    assert!(
+        waivers.iter().any(|w| w.starts_with("CKV_K8S_43=")),
+        "{waivers:?}"
+    );
+    assert!(waivers
+        .iter()
+        .all(|w| w.split_once('=').is_some_and(|(_, why)| why.len() > 20)));
+    // The NetworkPolicy admits the NodePort's traffic on the web server's port, to these pods.
+    let np = item(&list, "NetworkPolicy", "mw-experimental");
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"],
+        ds["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 8080);
+    let svc = item(&list, "Service", "mw-experimental");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
 
     // The check itself fails on what it must catch.
     let mutate = |f: &dyn Fn(&mut Value)| {

@@ -160,9 +160,13 @@ fn an_edit_is_served_by_the_next_request_and_survives_a_new_image_until_reset() 
     let ds = items.iter().find(|i| i["kind"] == "DaemonSet").unwrap();
     let pod = &ds["spec"]["template"]["spec"];
     let app = &pod["containers"][0];
+    // Pinned to the digest of what containerd pulled for that tag, as the sync recorded it.
+    let fact = run(&w, &api, &["facts"]).0.json();
+    let digest = fact["mw_experimental"]["code"]["digest"].as_str().unwrap();
+    assert!(digest.starts_with("sha256:"), "{fact}");
     assert_eq!(
         app["image"],
-        format!("{}/{NAME}:{V1}", reg.host()),
+        format!("{}/{NAME}:{V1}@{digest}", reg.host()),
         "the pods run the release file's image"
     );
     let scan = app["env"]

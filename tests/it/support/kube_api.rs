@@ -544,6 +544,20 @@ fn apps_resources() -> Value {
     })
 }
 
+/// The NetworkPolicy kind that `render` emits (kubectl apply looks its mapping up).
+fn networking_resources() -> Value {
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "networking.k8s.io/v1",
+        "resources": [
+            {"name": "networkpolicies", "singularName": "networkpolicy", "namespaced": true,
+             "kind": "NetworkPolicy", "shortNames": ["netpol"],
+             "verbs": ["create","delete","get","list","patch","update","watch"]}
+        ]
+    })
+}
+
 /// The answer to one request: status code and JSON body.
 fn handle(req: &Request, shared: &Shared, fault: Fault) -> (u16, Value) {
     if !req.authorized {
@@ -577,11 +591,15 @@ fn handle(req: &Request, shared: &Shared, fault: Fault) -> (u16, Value) {
             json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
                 {"name": "apps",
                  "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
-                 "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}}
+                 "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}},
+                {"name": "networking.k8s.io",
+                 "versions": [{"groupVersion": "networking.k8s.io/v1", "version": "v1"}],
+                 "preferredVersion": {"groupVersion": "networking.k8s.io/v1", "version": "v1"}}
             ]}),
         ),
         ("GET", ["api", "v1"]) => (200, core_resources()),
         ("GET", ["apis", "apps", "v1"]) => (200, apps_resources()),
+        ("GET", ["apis", "networking.k8s.io", "v1"]) => (200, networking_resources()),
         ("GET", ["api", "v1", "nodes"]) => {
             let selector = query_param(&req.query, "labelSelector").unwrap_or_default();
             let items: Vec<Value> = lock(&shared.nodes)
@@ -603,7 +621,10 @@ fn handle(req: &Request, shared: &Shared, fault: Fault) -> (u16, Value) {
         ("PATCH", ["api", "v1", "nodes", name]) => patch_node(req, shared, name, fault),
         // Namespaced objects: none exist (enough for `kubectl apply --dry-run=client`).
         ("GET", ["api", "v1", "namespaces", _, res, name])
-        | ("GET", ["apis", "apps", "v1", "namespaces", _, res, name]) => not_found(res, name),
+        | ("GET", ["apis", "apps", "v1", "namespaces", _, res, name])
+        | ("GET", ["apis", "networking.k8s.io", "v1", "namespaces", _, res, name]) => {
+            not_found(res, name)
+        }
         _ => status(
             404,
             "NotFound",
@@ -666,6 +687,8 @@ fn selects(selector: &str, labels: &Value) -> bool {
 fn not_found(resource: &str, name: &str) -> (u16, Value) {
     let group = if ["daemonsets", "deployments"].contains(&resource) {
         "apps"
+    } else if resource == "networkpolicies" {
+        "networking.k8s.io"
     } else {
         ""
     };

@@ -14,7 +14,7 @@ describe 'mw_experimental' do
     it 'writes every configuration key, with the switch off and no kubeconfig' do
       file = catalogue.resource('File', config)
       expect(file[:mode]).to eq('0644')
-      expect(file[:content]).to start_with("# Managed by Puppet")
+      expect(file[:content]).to start_with('# Managed by Puppet')
       expect(config_yaml(file[:content])).to eq(
         'enabled' => false,
         'code' => { 'path' => '/srv/mediawiki', 'owner' => 'mwdeploy', 'mode' => '2775' },
@@ -44,27 +44,27 @@ describe 'mw_experimental' do
     it { is_expected.to contain_file(kubeconfig).with_ensure('absent') }
 
     it 'links the external fact to the binary' do
-      is_expected.to contain_file('/etc/facter/facts.d/mw_experimental')
+      expect(catalogue).to contain_file('/etc/facter/facts.d/mw_experimental')
         .with_ensure('link').with_target('/usr/bin/mw-experimental')
-      is_expected.to contain_file('/etc/facter/facts.d').with_ensure('directory')
+      expect(catalogue).to contain_file('/etc/facter/facts.d').with_ensure('directory')
     end
 
     it 'still converges each component (node removes the labels and taints), bounded' do
-      ['group', 'permissions', 'node'].each do |c|
-        is_expected.to contain_mw_experimental_component(c).with(
+      %w[group permissions node].each do |c|
+        expect(catalogue).to contain_mw_experimental_component(c).with(
           ensure: 'converged', binary: '/usr/bin/mw-experimental', config: config, timeout: 1800,
         ).that_requires("File[#{config}]").that_requires('Package[mw-experimental]')
       end
     end
 
     it 'leaves code to the timer, and has no exec around the binary' do
-      is_expected.not_to contain_mw_experimental_component('code')
+      expect(catalogue).not_to contain_mw_experimental_component('code')
       execs = catalogue.resources.select { |r| r.type == 'Exec' }
       expect(execs.map(&:title)).to eq([])
     end
 
     it 'stops and disables the timer, before the apply' do
-      is_expected.to contain_service(timer)
+      expect(catalogue).to contain_service(timer)
         .with(ensure: 'stopped', enable: false, provider: 'systemd')
         .that_comes_before('Mw_experimental_component[node]')
     end
@@ -79,7 +79,7 @@ describe 'mw_experimental' do
       {
         enabled: true,
         node_name: 'wikikube-worker-exp1001.eqiad.wmnet',
-        deployers_members: ['alice', 'bob'],
+        deployers_members: %w[alice bob],
         kubeconfig: sensitive("apiVersion: v1\nusers:\n- user: {token: s3cr3t-token}\n"),
       }
     end
@@ -87,9 +87,9 @@ describe 'mw_experimental' do
     it { is_expected.to compile.with_all_deps }
 
     it 'writes the kubeconfig root-only, as a sensitive value, never diffed' do
-      is_expected.to contain_file(kubeconfig).with(
+      expect(catalogue).to contain_file(kubeconfig).with(
         ensure: 'file', owner: 'root', group: 'root', mode: '0600', show_diff: false,
-        content: sensitive("apiVersion: v1\nusers:\n- user: {token: s3cr3t-token}\n"),
+        content: sensitive("apiVersion: v1\nusers:\n- user: {token: s3cr3t-token}\n")
       ).that_comes_before('Mw_experimental_component[node]')
       expect(catalogue.resource('File', kubeconfig).sensitive_parameters).to include(:content)
     end
@@ -100,20 +100,20 @@ describe 'mw_experimental' do
       cfg = config_yaml(content)
       expect(cfg['enabled']).to be(true)
       expect(cfg['node_name']).to eq('wikikube-worker-exp1001.eqiad.wmnet')
-      expect(cfg['deployers']['members']).to eq(['alice', 'bob'])
+      expect(cfg['deployers']['members']).to eq(%w[alice bob])
       expect(cfg['kubernetes']['kubeconfig']).to eq(kubeconfig)
     end
 
     it 'carries the secret only in parameters marked sensitive (redacted in reports and logs)' do
       leaks = catalogue.resources.flat_map do |r|
-        r.to_hash.select { |k, v| Array(v).flatten.any? { |x| x.to_s.include?('s3cr3t-token') } }
+        r.to_hash.select { |_k, v| Array(v).flatten.any? { |x| x.to_s.include?('s3cr3t-token') } }
          .keys.reject { |k| r.sensitive_parameters.include?(k) }.map { |k| "#{r.ref}[#{k}]" }
       end
       expect(leaks).to eq([])
     end
 
     it 'starts and enables the timer after a converged apply' do
-      is_expected.to contain_service(timer)
+      expect(catalogue).to contain_service(timer)
         .with(ensure: 'running', enable: true, provider: 'systemd')
         .that_requires('Mw_experimental_component[group]')
         .that_requires('Mw_experimental_component[permissions]')
@@ -130,7 +130,7 @@ describe 'mw_experimental' do
     it { is_expected.not_to contain_package('mw-experimental') }
 
     it 'only enables the timer, with systemctl offline, checked by its exit code' do
-      is_expected.to contain_exec("systemctl enable #{timer}").with(
+      expect(catalogue).to contain_exec("systemctl enable #{timer}").with(
         command: ['systemctl', 'enable', timer],
         unless: [['systemctl', 'is-enabled', '--quiet', timer]],
       ).that_requires('Mw_experimental_component[node]')
@@ -141,7 +141,7 @@ describe 'mw_experimental' do
     let(:params) { { enabled: false, start_timer: false } }
 
     it 'disables the timer if it is enabled, before the apply' do
-      is_expected.to contain_exec("systemctl disable #{timer}").with(
+      expect(catalogue).to contain_exec("systemctl disable #{timer}").with(
         command: ['systemctl', 'disable', timer],
         onlyif: [['systemctl', 'is-enabled', '--quiet', timer]],
       ).that_comes_before('Mw_experimental_component[node]')
@@ -154,9 +154,9 @@ describe 'mw_experimental' do
     it { is_expected.to compile.with_all_deps }
 
     it 'leaves the timer alone, and still converges every component' do
-      is_expected.not_to contain_service(timer)
+      expect(catalogue).not_to contain_service(timer)
       expect(catalogue.resources.select { |r| r.type == 'Exec' }).to eq([])
-      ['group', 'permissions', 'node'].each { |c| is_expected.to contain_mw_experimental_component(c) }
+      %w[group permissions node].each { |c| expect(catalogue).to contain_mw_experimental_component(c) }
     end
   end
 
@@ -165,15 +165,15 @@ describe 'mw_experimental' do
       {
         binary: '/opt/mwx/bin/mw-experimental', config_dir: '/tmp/mwx/etc', facts_dir: '/tmp/mwx/facts.d',
         image_source: 'oci-layout', image_location: '/tmp/mwx/layout', exec_timeout: 60,
-        image_release_file: '/tmp/mwx/release/mw-experimental-pinkllama-eqiad.yaml', image_pull: false
+        image_release_file: '/tmp/mwx/release/mw-experimental-pinkllama-eqiad.yaml', image_pull: false,
       }
     end
 
     it 'runs that binary with that config, and links the fact in that directory' do
-      is_expected.to contain_mw_experimental_component('permissions').with(
+      expect(catalogue).to contain_mw_experimental_component('permissions').with(
         binary: '/opt/mwx/bin/mw-experimental', config: '/tmp/mwx/etc/config.yaml', timeout: 60,
       )
-      is_expected.to contain_file('/tmp/mwx/facts.d/mw_experimental').with_target('/opt/mwx/bin/mw-experimental')
+      expect(catalogue).to contain_file('/tmp/mwx/facts.d/mw_experimental').with_target('/opt/mwx/bin/mw-experimental')
       image = config_yaml(catalogue.resource('File', '/tmp/mwx/etc/config.yaml')[:content])['image']
       expect(image).to include('source' => 'oci-layout', 'location' => '/tmp/mwx/layout',
                                'release_file' => '/tmp/mwx/release/mw-experimental-pinkllama-eqiad.yaml',
@@ -196,14 +196,16 @@ describe 'mw_experimental' do
       context "#{name} => #{value.inspect}" do
         let(:params) { { name => value } }
 
-        it { is_expected.to compile.and_raise_error(%r{parameter '#{name}'}) }
+        it { is_expected.to compile.and_raise_error(/parameter '#{name}'/) }
       end
     end
 
-    context 'a kubeconfig that is not Sensitive' do
+    context 'with a kubeconfig that is not Sensitive' do
       let(:params) { { kubeconfig: 'apiVersion: v1' } }
 
-      it { is_expected.to compile.and_raise_error(%r{parameter 'kubeconfig' expects a value of type Undef or Sensitive}) }
+      let(:message) { /parameter 'kubeconfig' expects a value of type Undef or Sensitive/ }
+
+      it { is_expected.to compile.and_raise_error(message) }
     end
   end
 end

@@ -19,7 +19,7 @@ describe 'profile::mw_experimental' do
       image_path: '/srv/mediawiki', image_pull: true, state_dir: '/var/lib/mw-experimental',
       metrics_file: '/var/lib/prometheus/node.d/mw_experimental.prom', manage_package: true,
       package_ensure: 'present', start_timer: true, binary: '/usr/bin/mw-experimental',
-      config_dir: '/etc/mw-experimental', facts_dir: '/etc/facter/facts.d', exec_timeout: 1800
+      config_dir: '/etc/mw-experimental', facts_dir: '/etc/facter/facts.d', exec_timeout: 1800,
     }
   end
 
@@ -27,9 +27,9 @@ describe 'profile::mw_experimental' do
     it { is_expected.to compile.with_all_deps }
 
     it 'passes common.yaml’s values, which are the component’s defaults' do
-      is_expected.to contain_class('mw_experimental').with(component_defaults)
-      is_expected.to contain_class('mw_experimental').without_node_name.without_kubeconfig.without_image_location
-                                                    .without_image_release_file
+      expect(catalogue).to contain_class('mw_experimental').with(component_defaults)
+      expect(catalogue).to contain_class('mw_experimental').without_node_name.without_kubeconfig.without_image_location
+                                                           .without_image_release_file
     end
 
     it { is_expected.to contain_service('mw-experimental-sync.timer').with(ensure: 'stopped', enable: false) }
@@ -41,7 +41,7 @@ describe 'profile::mw_experimental' do
     it { is_expected.to compile.with_all_deps }
 
     it do
-      is_expected.to contain_class('mw_experimental').with(
+      expect(catalogue).to contain_class('mw_experimental').with(
         enabled: true, deployers_group: 'deployment', deployers_gid: 705, code_owner: 'mwdeploy',
         code_mode: '2775', labels: { 'dedicated' => 'mw-experimental' },
         taints: [
@@ -58,7 +58,10 @@ describe 'profile::mw_experimental' do
     let(:node) { 'wikikube-worker-exp1001.eqiad.wmnet' }
     let(:facts) { { 'role' => 'mw_experimental' } }
 
-    it { is_expected.to contain_class('mw_experimental').with(enabled: true, node_name: 'wikikube-worker-exp1001.eqiad.wmnet') }
+    it {
+      expect(catalogue).to contain_class('mw_experimental').with(enabled: true,
+                                                                 node_name: 'wikikube-worker-exp1001.eqiad.wmnet')
+    }
   end
 
   context 'with a test layer over hiera/ that gives a kubeconfig' do
@@ -68,13 +71,15 @@ describe 'profile::mw_experimental' do
     it { is_expected.to compile.with_all_deps }
 
     it 'the test layer wins over the role layer, which wins over common.yaml' do
-      is_expected.to contain_class('mw_experimental').with(enabled: true, manage_package: false, start_timer: false)
+      expect(catalogue).to contain_class('mw_experimental').with(enabled: true, manage_package: false,
+                                                                 start_timer: false)
     end
 
     it 'the kubeconfig arrives Sensitive (lookup_options), and is written as such' do
       secret = "apiVersion: v1\nusers:\n- user: {token: hiera-s3cr3t}\n"
-      is_expected.to contain_class('mw_experimental').with_kubeconfig(sensitive(secret))
-      is_expected.to contain_file('/etc/mw-experimental/kubeconfig').with(mode: '0600', show_diff: false, content: sensitive(secret))
+      expect(catalogue).to contain_class('mw_experimental').with_kubeconfig(sensitive(secret))
+      expect(catalogue).to contain_file('/etc/mw-experimental/kubeconfig').with(mode: '0600', show_diff: false,
+                                                                                content: sensitive(secret))
       expect(catalogue.resource('Class', 'Mw_experimental').sensitive_parameters).to include(:kubeconfig)
     end
   end

@@ -46,7 +46,10 @@ Puppet::Type.newtype(:mw_experimental_component) do
     newvalue(:failed)
 
     validate do |value|
-      raise ArgumentError, "ensure can only be 'converged' (drifted and failed are what plan reports), not #{value.inspect}" unless value.to_s == 'converged'
+      unless value.to_s == 'converged'
+        raise ArgumentError,
+              "ensure can only be 'converged' (drifted and failed are what plan reports), not #{value.inspect}"
+      end
     end
 
     def insync?(is)
@@ -74,7 +77,10 @@ Puppet::Type.newtype(:mw_experimental_component) do
     desc 'The `mw-experimental` executable (an absolute path).'
     defaultto '/usr/bin/mw-experimental'
     validate do |value|
-      raise ArgumentError, "binary must be an absolute path, not #{value.inspect}" unless value.is_a?(String) && value.start_with?('/')
+      unless value.is_a?(String) && value.start_with?('/')
+        raise ArgumentError,
+              "binary must be an absolute path, not #{value.inspect}"
+      end
     end
   end
 
@@ -82,7 +88,10 @@ Puppet::Type.newtype(:mw_experimental_component) do
     desc 'The configuration file the binary reads (an absolute path).'
     defaultto '/etc/mw-experimental/config.yaml'
     validate do |value|
-      raise ArgumentError, "config must be an absolute path, not #{value.inspect}" unless value.is_a?(String) && value.start_with?('/')
+      unless value.is_a?(String) && value.start_with?('/')
+        raise ArgumentError,
+              "config must be an absolute path, not #{value.inspect}"
+      end
     end
   end
 
@@ -91,12 +100,13 @@ Puppet::Type.newtype(:mw_experimental_component) do
     defaultto 1800
     munge { |value| Integer(value) }
     validate do |value|
-      raise ArgumentError, "timeout must be a positive integer, not #{value.inspect}" unless Integer(value, exception: false)&.positive?
+      positive = Integer(value, exception: false)&.positive?
+      raise ArgumentError, "timeout must be a positive integer, not #{value.inspect}" unless positive
     end
   end
 
   # The group must exist (with its gid) before the tree is granted to it.
   autorequire(:mw_experimental_component) do
-    self[:name] == 'permissions' ? ['group'] : []
+    (self[:name] == 'permissions') ? ['group'] : []
   end
 end

@@ -20,7 +20,7 @@ Puppet::Type.type(:mw_experimental_component).provide(:binary) do
 
   # Every component, for `puppet resource`.
   def self.components
-    ['group', 'permissions', 'node', 'code']
+    %w[group permissions node code]
   end
 
   # One run of the binary: [exit status, stdout, stderr]. The single place that executes it, so
@@ -114,9 +114,7 @@ Puppet::Type.type(:mw_experimental_component).provide(:binary) do
     return r['error'].to_s if r['error']
 
     counts = (r['counts'] || {}).select { |_, n| n.to_i.positive? }
-    if counts.empty?
-      counts = (r['changes'] || []).group_by { |c| c['action'] }.transform_values(&:size)
-    end
+    counts = (r['changes'] || []).group_by { |c| c['action'] }.transform_values(&:size) if counts.empty?
     counts.sort.map { |kind, n| "#{kind} #{n}" }.join(', ')
   end
 
@@ -128,11 +126,16 @@ Puppet::Type.type(:mw_experimental_component).provide(:binary) do
     result = self.class.parse(out)
     applied = result.is_a?(Hash) ? (result['components'] || {})[name] : nil
     if code != 0 || applied.nil? || applied['error']
-      message = applied && applied['error'] ? "#{name}: #{applied['error']}" : self.class.tool_message(err, "apply #{name} exited #{code}")
+      message = if applied && applied['error']
+                  "#{name}: #{applied['error']}"
+                else
+                  self.class.tool_message(err,
+                                          "apply #{name} exited #{code}")
+                end
       raise Puppet::Error, "mw-experimental apply #{name} failed: #{message}"
     end
     (applied['notes'] || []).each { |note| info("note: #{note}") }
-    (report && report['changes'] || []).each { |c| debug("#{c['action']} #{c['target']}: #{c['detail']}") }
+    ((report && report['changes']) || []).each { |c| debug("#{c['action']} #{c['target']}: #{c['detail']}") }
     @property_hash[:ensure] = :converged
   end
 end

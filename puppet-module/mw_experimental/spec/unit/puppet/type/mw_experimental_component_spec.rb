@@ -6,10 +6,12 @@ describe Puppet::Type.type(:mw_experimental_component) do
   let(:type) { described_class }
 
   it 'takes the four components as its name, and nothing else' do
-    ['group', 'permissions', 'node', 'code'].each do |c|
+    %w[group permissions node code].each do |c|
       expect(type.new(name: c, ensure: 'converged')[:name]).to eq(c)
     end
-    expect { type.new(name: 'kernel', ensure: 'converged') }.to raise_error(Puppet::ResourceError, %r{Invalid value "kernel"})
+    expect do
+      type.new(name: 'kernel', ensure: 'converged')
+    end.to raise_error(Puppet::ResourceError, /Invalid value "kernel"/)
   end
 
   it 'defaults to the packaged binary and configuration, bounded to 1800 s' do
@@ -20,13 +22,23 @@ describe Puppet::Type.type(:mw_experimental_component) do
   end
 
   it 'refuses relative paths and a timeout that is not a positive integer' do
-    expect { type.new(name: 'group', binary: 'mw-experimental') }.to raise_error(Puppet::ResourceError, %r{binary must be an absolute path})
-    expect { type.new(name: 'group', config: 'config.yaml') }.to raise_error(Puppet::ResourceError, %r{config must be an absolute path})
-    expect { type.new(name: 'group', timeout: 0) }.to raise_error(Puppet::ResourceError, %r{timeout must be a positive integer})
+    expect do
+      type.new(name: 'group',
+               binary: 'mw-experimental')
+    end.to raise_error(Puppet::ResourceError, /binary must be an absolute path/)
+    expect do
+      type.new(name: 'group',
+               config: 'config.yaml')
+    end.to raise_error(Puppet::ResourceError, /config must be an absolute path/)
+    expect do
+      type.new(name: 'group', timeout: 0)
+    end.to raise_error(Puppet::ResourceError, /timeout must be a positive integer/)
   end
 
   it 'can only be asked to be converged' do
-    expect { type.new(name: 'node', ensure: 'drifted') }.to raise_error(Puppet::ResourceError, %r{ensure can only be 'converged'})
+    expect do
+      type.new(name: 'node', ensure: 'drifted')
+    end.to raise_error(Puppet::ResourceError, /ensure can only be 'converged'/)
   end
 
   it 'is in sync only when converged' do
@@ -51,6 +63,8 @@ describe Puppet::Type.type(:mw_experimental_component) do
     catalog.add_resource(group)
     catalog.add_resource(perms)
     reqs = perms.autorequire
-    expect(reqs.map { |e| [e.source.ref, e.target.ref] }).to eq([['Mw_experimental_component[group]', 'Mw_experimental_component[permissions]']])
+    expect(reqs.map do |e|
+             [e.source.ref, e.target.ref]
+           end).to eq([['Mw_experimental_component[group]', 'Mw_experimental_component[permissions]']])
   end
 end
