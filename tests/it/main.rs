@@ -24,3 +24,4 @@ mod request_path;
 mod routing;
 mod sync;
 mod sync_model;
+mod systemd;

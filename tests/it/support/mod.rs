@@ -157,4 +157,5 @@ pub mod kube_api;
 pub mod oci;
 pub mod perm;
 pub mod puppet_stack;
+pub mod systemd;
 pub mod web;
