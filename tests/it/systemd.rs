@@ -130,8 +130,7 @@ fn install(m: &Machine) {
 }
 
 #[test]
-fn puppet_starts_the_triggers_a_replaced_release_file_syncs_once_a_hold_stops_it_a_failure_shows()
-{
+fn puppet_starts_the_triggers_a_replaced_release_file_syncs_once_a_hold_stops_it_a_failure_shows() {
     for tool in ["umoci", "kubectl", "systemd-nspawn", "debootstrap"] {
         assert!(have(tool), "{tool} is missing: run tests/install-deps");
     }
@@ -239,7 +238,10 @@ fn puppet_starts_the_triggers_a_replaced_release_file_syncs_once_a_hold_stops_it
         "systemctl status lacks the summary {summary:?}:\n{}",
         status.stdout
     );
-    assert_eq!(metric(&m, "mw_experimental_last_run_success{command=\"sync\"}").as_deref(), Some("1"));
+    assert_eq!(
+        metric(&m, "mw_experimental_last_run_success{command=\"sync\"}").as_deref(),
+        Some("1")
+    );
 
     // --- A hold: the next replacement starts one run, which only says it is held.
     m.ok("mw-experimental hold --reason 'systemd test' --for 1h >/dev/null");
@@ -255,7 +257,10 @@ fn puppet_starts_the_triggers_a_replaced_release_file_syncs_once_a_hold_stops_it
         "a held sync moved the tree:\n{}",
         tree(&m)
     );
-    assert_eq!(metric(&m, "mw_experimental_sync_held").as_deref(), Some("1"));
+    assert_eq!(
+        metric(&m, "mw_experimental_sync_held").as_deref(),
+        Some("1")
+    );
     m.ok("mw-experimental release >/dev/null");
 
     // --- A failing sync: the release file names an image the node lacks, and pulling is off.
@@ -269,7 +274,10 @@ fn puppet_starts_the_triggers_a_replaced_release_file_syncs_once_a_hold_stops_it
         "the failed run's journal does not name the image:\n{}",
         last_run_lines(&m)
     );
-    assert_eq!(metric(&m, "mw_experimental_last_run_success{command=\"sync\"}").as_deref(), Some("0"));
+    assert_eq!(
+        metric(&m, "mw_experimental_last_run_success{command=\"sync\"}").as_deref(),
+        Some("0")
+    );
     let status = m.run(&["mw-experimental", "status"]);
     assert!(
         status.stdout.contains("fail"),
@@ -324,7 +332,13 @@ fn every_unit_verifies_and_every_service_is_rated_2_or_lower() {
         if !unit.ends_with(".service") {
             continue;
         }
-        let sec = m.run(&["systemd-analyze", "security", "--offline=true", "--no-pager", &path]);
+        let sec = m.run(&[
+            "systemd-analyze",
+            "security",
+            "--offline=true",
+            "--no-pager",
+            &path,
+        ]);
         let level = sec
             .stdout
             .lines()
