@@ -63,6 +63,20 @@ pub enum Command {
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         lock_wait: u64,
     },
+    /// Follow containerd's image events and touch TRIGGER when an image of image.repository is
+    /// created or updated (mw-experimental-sync.path then starts a sync). Runs until killed.
+    Watch {
+        /// The file to touch; mw-experimental-sync.path watches it.
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/run/mw-experimental/image-event"
+        )]
+        trigger: PathBuf,
+        /// Stop after this many triggers (for tests; default: never).
+        #[arg(long, value_name = "N", hide = true)]
+        max_triggers: Option<u64>,
+    },
     /// A short human overview of the switch, each component and the last runs.
     Status,
     /// Engineers' edits against the image the tree was last synced from.

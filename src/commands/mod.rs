@@ -19,6 +19,7 @@ pub mod render;
 pub mod routing;
 pub mod status;
 pub mod sync;
+pub mod watch;
 
 use crate::cli::{Cli, Command};
 use crate::components::parse_components;
@@ -142,6 +143,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             };
             sync::run_sync(&cfg, opts, style, Duration::from_secs(lock_wait))
         }
+        Command::Watch {
+            trigger,
+            max_triggers,
+        } => watch::watch(&cfg, &trigger, max_triggers),
         Command::Status => status::status(&cfg, cli.config.as_deref(), cli.json),
         Command::Diff { paths, patch, stat } => diff::diff(&cfg, &paths, patch, stat, cli.json),
         Command::Reset { paths, lock_wait } => {

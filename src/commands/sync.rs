@@ -9,7 +9,7 @@
 
 use super::output::{print_plan_list, Style};
 use super::plan::{finish, record, write_metrics};
-use crate::config::Config;
+use crate::config::{Config, ImageSource};
 use crate::exit_codes::ExitCode;
 use crate::plan::{Component, SAMPLE};
 use crate::state::{Lock, Run, State};
@@ -45,7 +45,7 @@ pub fn run_sync(
     let started = Instant::now();
     let (sink, display) = super::progress::start("sync", style.quiet);
     opts.progress = sink;
-    let r = crate::sync::sync(cfg, &opts).map(|p| p.bounded(SAMPLE));
+    let r = settle(cfg, &opts);
     drop(display);
     if opts.dry_run {
         let failed = r.is_err();
@@ -74,6 +74,39 @@ pub fn run_sync(
     } else {
         ExitCode::Ok
     })
+}
+
+/// Most rounds of [`settle`] in one run.
+const MAX_ROUNDS: u32 = 3;
+
+/// Syncs, then asks whether the wanted image is still the one just synced, and syncs again if
+/// not (at most [`MAX_ROUNDS`] in all). systemd does not watch a path unit's paths while the
+/// unit it started runs, so a release file replaced, or an image pulled, during a sync would
+/// otherwise wait for the hourly timer. The look costs a listing and a manifest read; the
+/// directory source, which has no such triggers and whose look is a scan, is not asked.
+fn settle(cfg: &Config, opts: &crate::sync::SyncOptions) -> Result<crate::plan::ComponentPlan> {
+    let mut round = 1;
+    loop {
+        let plan = crate::sync::sync(cfg, opts)?.bounded(SAMPLE);
+        if opts.dry_run || round >= MAX_ROUNDS || cfg.image.source == ImageSource::Directory {
+            return Ok(plan);
+        }
+        match crate::sync::check(cfg) {
+            Ok(next) if !next.changes.is_empty() => {
+                log::info!(
+                    "the wanted image changed while the sync ran ({} {}); syncing again",
+                    next.changes[0].target,
+                    next.changes[0].detail
+                );
+                round += 1;
+            }
+            Ok(_) => return Ok(plan),
+            Err(e) => {
+                log::warn!("checking whether the image changed during the sync: {e:#}");
+                return Ok(plan);
+            }
+        }
+    }
 }
 
 /// A held run: says who holds it and why (stdout, and the journal under systemd), refreshes

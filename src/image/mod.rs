@@ -4,8 +4,8 @@
 //! Three sources, one shape ([`Image`]: a reference, a digest, a [`Tree`] of entries and a way
 //! to stream file contents):
 //!
-//! * `containerd`: lists images with `ctr images ls` and reads manifests, configs and layer blobs
-//!   with `ctr content get` (containerd's own API, over its socket). The layers are read as tar
+//! * `containerd`: lists images and reads manifests, configs and layer blobs through
+//!   containerd's gRPC API on its socket, under a lease. The layers are read as tar
 //!   streams (plain, gzip or zstd) and merged in memory, applying whiteouts; nothing is mounted,
 //!   so there is nothing to unmount when a run dies, and no snapshotter is needed.
 //! * `oci-layout`: the same, from a directory in OCI image layout.
@@ -18,8 +18,8 @@
 //!
 //! This folder: `mod.rs` holds the shape every source gives ([`Image`], [`Entry`], [`Tree`]),
 //! the choice of the newest candidate (publish tags first) and the dispatch over sources;
-//! `oci` the OCI format (blob store, index, manifest, config), `containerd` the `ctr`
-//! subprocess, `layers` the tar reading and its hostile-entry filter, `merge` the layers' merge
+//! `oci` the OCI format (blob store, index, manifest, config), `containerd` the gRPC
+//! client (images, content, leases, CRI pulls, events), `layers` the tar reading and its hostile-entry filter, `merge` the layers' merge
 //! into the tree, `layer_cache` what each layer chain gave, `tree` the compact tree,
 //! `directory` the plain-tree source. Nothing here writes to the code tree, mounts or unpacks anything, or runs a shell.
 
@@ -40,6 +40,7 @@ pub mod tag;
 mod tree;
 mod verify;
 
+pub use containerd::{watch as watch_events, Event as ImageEvent};
 pub use tag::parse_publish_tag;
 pub use tree::Tree;
 
@@ -128,7 +129,7 @@ pub fn newest(cfg: &Config) -> Result<Image> {
     match cfg.image.source {
         ImageSource::Directory => directory::open(cfg),
         _ => {
-            let store = oci::store(cfg);
+            let store = oci::store(cfg)?;
             let cands = oci::list(&store, cfg)?;
             let Some(best) = pick_newest(&cands) else {
                 bail!(
@@ -177,7 +178,7 @@ pub fn wanted(cfg: &Config, pull: bool) -> Result<Wanted> {
              images to choose from; use the containerd (or oci-layout) source"
         );
     }
-    let store = oci::store(cfg);
+    let store = oci::store(cfg)?;
     let find = |store: &oci::Store| -> Result<Option<Candidate>> {
         Ok(oci::list(store, cfg)?
             .into_iter()
@@ -186,10 +187,8 @@ pub fn wanted(cfg: &Config, pull: bool) -> Result<Wanted> {
     let found = match find(&store)? {
         Some(c) => Some(c),
         None if pull && cfg.image.pull => match &store {
-            oci::Store::Containerd { address, namespace } => {
-                containerd::pull(
-                    address,
-                    namespace,
+            oci::Store::Containerd(client) => {
+                client.pull(
                     &rel.reference,
                     std::time::Duration::from_secs(cfg.image.pull_timeout_seconds),
                 )?;
@@ -221,7 +220,7 @@ pub fn wanted_present(cfg: &Config, pull: bool) -> Result<(Image, Option<release
             let how = if cfg.image.source != ImageSource::Containerd {
                 "pulling works only with image.source containerd; put it in the image store"
             } else if !cfg.image.pull {
-                "image.pull is false, so it is not pulled; pull it (ctr -n k8s.io images pull) or set image.pull: true"
+                "image.pull is false, so it is not pulled; pull it (crictl pull) or set image.pull: true"
             } else {
                 "a sync pulls it"
             };
@@ -230,7 +229,7 @@ pub fn wanted_present(cfg: &Config, pull: bool) -> Result<(Image, Option<release
                  the tree was left as it is",
                 rel.file.display(),
                 rel.reference,
-                oci::store(cfg).describe()
+                oci::store(cfg)?.describe()
             )
         }
     }
@@ -244,7 +243,7 @@ pub fn by_digest(cfg: &Config, digest: &str) -> Result<Option<Image>> {
             Ok((img.digest == digest).then_some(img))
         }
         _ => {
-            let store = oci::store(cfg);
+            let store = oci::store(cfg)?;
             let cands = oci::list(&store, cfg)?;
             match cands.into_iter().find(|c| c.digest == digest) {
                 Some(c) => Ok(Some(oci::open_layered(cfg, store, c.reference, digest)?)),

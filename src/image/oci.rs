@@ -1,5 +1,5 @@
 //! The OCI image format, wherever its blobs are kept: the blob [`Store`] (a directory in OCI
-//! image layout, or containerd's content store through `ctr`), the index, manifest and config
+//! image layout, or containerd's content store through its API), the index, manifest and config
 //! JSON, the candidates a store has of the repository, and opening one as a layered [`Image`].
 //! It only reads: it must never write to a store, never take a file name from a blob except a
 //! checked `algorithm:hex` digest, never read more than 16 MiB of a JSON blob, and never use a
@@ -18,27 +18,24 @@ use std::path::PathBuf;
 #[derive(Clone)]
 pub(super) enum Store {
     OciLayout(PathBuf),
-    Containerd { address: PathBuf, namespace: String },
+    Containerd(containerd::Client),
 }
 
-pub(super) fn store(cfg: &Config) -> Store {
-    match cfg.image.source {
+pub(super) fn store(cfg: &Config) -> Result<Store> {
+    Ok(match cfg.image.source {
         ImageSource::OciLayout => Store::OciLayout(cfg.image.location.clone().unwrap_or_default()),
-        _ => Store::Containerd {
-            address: cfg.image.containerd_address.clone(),
-            namespace: cfg.image.namespace.clone(),
-        },
-    }
+        _ => Store::Containerd(containerd::Client::new(
+            &cfg.image.containerd_address,
+            &cfg.image.namespace,
+        )?),
+    })
 }
 
 impl Store {
     pub(super) fn describe(&self) -> String {
         match self {
             Store::OciLayout(p) => format!("the OCI layout {}", p.display()),
-            Store::Containerd { address, namespace } => format!(
-                "containerd at {} (namespace {namespace})",
-                address.display()
-            ),
+            Store::Containerd(c) => c.describe(),
         }
     }
 
@@ -66,9 +63,7 @@ impl Store {
                     .with_context(|| format!("opening the blob {}", p.display()))?;
                 Ok(Box::new(f))
             }
-            Store::Containerd { address, namespace } => {
-                containerd::content_get(address, namespace, digest)
-            }
+            Store::Containerd(c) => Ok(c.read(digest)?),
         }
     }
 
@@ -133,14 +128,7 @@ pub(super) fn list(store: &Store, cfg: &Config) -> Result<Vec<Candidate>> {
                 });
             }
         }
-        Store::Containerd { address, namespace } => {
-            out.extend(containerd::list(
-                address,
-                namespace,
-                repo,
-                &store.describe(),
-            )?);
-        }
+        Store::Containerd(c) => out.extend(c.list(repo)?),
     }
     // Creation time only matters for tags that do not say when they were published.
     for c in &mut out {
@@ -234,6 +222,13 @@ pub(super) fn open_layered(
         let d = l["digest"].as_str().context("a layer without a digest")?;
         let mt = l["mediaType"].as_str().unwrap_or("").to_string();
         layers.push((d.to_string(), mt));
+    }
+    // Every layer goes under the lease before the first is read, so untagging the image
+    // while the sync runs cannot let the garbage collector take a layer not read yet.
+    if let Store::Containerd(c) = &store {
+        for (d, _) in &layers {
+            c.protect(d)?;
+        }
     }
     check_config(&store, &m, &layers)
         .with_context(|| format!("reading the config of {reference} ({digest})"))?;

@@ -97,9 +97,20 @@ fn production_tags_order_by_date_time_and_a_suffix_never_wins() {
 
 #[test]
 fn release_file_is_followed_pulled_when_missing_and_a_dead_registry_changes_nothing() {
-    let ctrd = Containerd::start();
     let tmp = tempfile::tempdir().unwrap();
-    let reg = Registry::start(&tmp.path().join("registry"));
+    // A registry that wants a login, over TLS; containerd's CRI plugin holds the login and the
+    // CA, as a node's does; the tool's configuration names neither.
+    let reg = Registry::start_secure(&tmp.path().join("registry"));
+    let ctrd = Containerd::start_cri(&reg);
+    let (_, _, ca) = reg.login.clone().unwrap();
+    let anonymous = sh(std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&ca)
+        .arg(format!("https://{}/v2/", reg.host())));
+    assert_eq!(
+        anonymous, "401",
+        "the registry must refuse anonymous clients"
+    );
     let layout = Layout::new(tmp.path());
     let (old, new, pulled) = (
         "2024-08-08-135932-publish",
@@ -153,9 +164,38 @@ fn release_file_is_followed_pulled_when_missing_and_a_dead_registry_changes_noth
     let plan = w.run(&["plan", "code"]);
     plan.code(1);
     assert!(!ctrd.images().contains(pulled), "plan pulled");
-    w.run(&["sync"]).code(0);
+    // The pull goes through containerd's CRI image service (its log says so), and the sync
+    // starts no process at all: no `ctr`, no shell (strace follows every fork).
+    let trace = tmp.path().join("execve.trace");
+    let out = Out::of(
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=execve", "-o"])
+            .arg(&trace)
+            .arg(crate::support::bin())
+            .arg("--config")
+            .arg(&w.config)
+            .arg("sync")
+            .output()
+            .unwrap(),
+    );
+    out.code(0);
     assert_eq!(index(&w), format!("<?php echo '{pulled}';\n"));
     assert!(ctrd.images().contains(&format!("{repo}:{pulled}")));
+    let execs: Vec<String> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("execve(") && !l.contains("ENOENT"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(execs.len(), 1, "sync ran other programs: {execs:#?}");
+    let log = std::fs::read_to_string(ctrd.dir.path().join("containerd.log")).unwrap();
+    assert!(
+        log.contains(&format!("PullImage \\\"{repo}:{pulled}\\\"")),
+        "containerd's log does not show the CRI pull: {log}"
+    );
+    assert!(!std::fs::read_to_string(&w.config)
+        .unwrap()
+        .contains("password"));
 
     // Pulling off: a clear error, nothing changed.
     let before = files(&w.code);

@@ -1,5 +1,7 @@
 //! A real containerd (Debian's) for one test: its own config, root, state and socket in a temp
-//! dir, no CRI plugin; images built offline with umoci are imported into `k8s.io` with `ctr`.
+//! dir; no CRI plugin, or (`start_cri`) its CRI plugin with the login and CA of a test registry,
+//! as a node's containerd holds them. Images built offline with umoci are imported into
+//! `k8s.io` with `ctr` (setting up a world; the code under test never runs `ctr`).
 //! Drop kills the daemon, unmounts anything left under its directory and removes it.
 
 use crate::support::sh;
@@ -15,17 +17,36 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Containerd {
+        Containerd::start_with(None, None)
+    }
+
+    /// With its socket at `socket` (outside its directory), so that a second one can take the
+    /// place of the first, as a restarted containerd does.
+    pub fn start_at(socket: &Path) -> Containerd {
+        Containerd::start_with(None, Some(socket))
+    }
+
+    /// With the CRI plugin, which pulls from `registry` with its login and CA (the node's
+    /// registry configuration; `mw-experimental` holds no credentials).
+    pub fn start_cri(registry: &crate::support::web::Registry) -> Containerd {
+        Containerd::start_with(Some(registry), None)
+    }
+
+    fn start_with(
+        registry: Option<&crate::support::web::Registry>,
+        socket: Option<&Path>,
+    ) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("mwx-ctrd-")
             .tempdir()
             .expect("tempdir");
         let d = dir.path();
-        let socket = d.join("c.sock");
+        let socket = socket.map_or_else(|| d.join("c.sock"), Path::to_path_buf);
         let config = format!(
             r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{disabled}
 [grpc]
   address = "{sock}"
 [ttrpc]
@@ -36,11 +57,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = ""
 [plugins."io.containerd.internal.v1.opt"]
   path = "{opt}"
-"#,
+{cri}"#,
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = socket.display(),
             opt = d.join("opt").display(),
+            disabled = if registry.is_some() {
+                ""
+            } else {
+                r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#
+            },
+            cri = registry.map(|r| cri_config(d, r)).unwrap_or_default(),
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
@@ -103,6 +130,38 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .arg(&self.socket)
             .args(["--namespace", "k8s.io", "images", "ls", "-q"]))
     }
+}
+
+/// The CRI plugin's part of the config: its own stream server on loopback, no CNI needed for
+/// pulls, and the registry's login and CA.
+fn cri_config(d: &Path, r: &crate::support::web::Registry) -> String {
+    let host = r.host();
+    let mut s = format!(
+        r#"[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni}"
+    conf_dir = "{cni}"
+"#,
+        cni = d.join("cni").display()
+    );
+    if let Some((user, password, ca)) = &r.login {
+        // containerd speaks plain HTTP to a loopback registry unless its endpoint says https.
+        s.push_str(&format!(
+            r#"  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{host}"]
+    endpoint = ["https://{host}"]
+  [plugins."io.containerd.grpc.v1.cri".registry.configs."{host}".auth]
+    username = "{user}"
+    password = "{password}"
+  [plugins."io.containerd.grpc.v1.cri".registry.configs."{host}".tls]
+    ca_file = "{ca}"
+"#,
+            ca = ca.display()
+        ));
+    }
+    s
 }
 
 impl Drop for Containerd {

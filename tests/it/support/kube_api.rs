@@ -126,7 +126,12 @@ impl ApiServer {
             .prefix("kube-api-")
             .tempdir()
             .expect("tempdir");
-        let (ca_pem, cert_der, key_der) = certificates();
+        let crate::support::tls::TestCert {
+            ca_pem,
+            cert_der,
+            key_der,
+            ..
+        } = crate::support::tls::server_cert("kube-apiserver");
         let tls = Arc::new(
             rustls::ServerConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
@@ -298,40 +303,6 @@ fn next_rv(shared: &Shared) -> String {
     let mut rv = lock(&shared.resource_version);
     *rv += 1;
     rv.to_string()
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it: (CA PEM, cert DER, key DER).
-fn certificates() -> (
-    String,
-    rustls::pki_types::CertificateDer<'static>,
-    rustls::pki_types::PrivateKeyDer<'static>,
-) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "mw-experimental test CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().expect("server key");
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .expect("server params");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, &issuer).expect("server certificate");
-    (
-        ca_cert.pem(),
-        cert.der().clone(),
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Arc<rustls::ServerConfig>) {

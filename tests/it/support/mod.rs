@@ -158,4 +158,5 @@ pub mod oci;
 pub mod perm;
 pub mod puppet_stack;
 pub mod systemd;
+pub mod tls;
 pub mod web;

@@ -87,17 +87,48 @@ fn listening(port: u16) -> bool {
 pub struct Registry {
     pub port: u16,
     pub daemon: Daemon,
+    /// With a login: (user, password, the CA's PEM file); the registry then speaks TLS only.
+    pub login: Option<(String, String, PathBuf)>,
 }
 
 impl Registry {
     pub fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, false)
+    }
+
+    /// A registry that requires a login (htpasswd, bcrypt) over TLS with a certificate from a
+    /// test CA (distribution sends basic-auth challenges only over TLS).
+    pub fn start_secure(dir: &Path) -> Registry {
+        Registry::start_with(dir, true)
+    }
+
+    fn start_with(dir: &Path, secure: bool) -> Registry {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let config = dir.join("registry.yml");
+        let mut extra = String::new();
+        let mut login = None;
+        if secure {
+            let user = crate::support::unique("u");
+            let password = crate::support::unique("p");
+            let hash = sh(Command::new("htpasswd").args(["-Bbn", &user, &password]));
+            std::fs::write(dir.join("htpasswd"), hash.trim()).unwrap();
+            let cert = crate::support::tls::server_cert("docker-registry");
+            std::fs::write(dir.join("ca.pem"), &cert.ca_pem).unwrap();
+            std::fs::write(dir.join("cert.pem"), &cert.cert_pem).unwrap();
+            std::fs::write(dir.join("key.pem"), &cert.key_pem).unwrap();
+            extra = format!(
+                "  tls: {{ certificate: {c}, key: {k} }}\nauth:\n  htpasswd: {{ realm: mw-experimental-tests, path: {h} }}\n",
+                c = dir.join("cert.pem").display(),
+                k = dir.join("key.pem").display(),
+                h = dir.join("htpasswd").display()
+            );
+            login = Some((user, password, dir.join("ca.pem")));
+        }
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog: {{ level: warn }}\nstorage:\n  filesystem: {{ rootdirectory: {} }}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only\n",
+                "version: 0.1\nlog: {{ level: warn }}\nstorage:\n  filesystem: {{ rootdirectory: {} }}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only\n{extra}",
                 dir.join("data").display()
             ),
         )
@@ -107,8 +138,16 @@ impl Registry {
             Command::new("docker-registry").arg("serve").arg(&config),
             dir.join("registry.log"),
         );
-        daemon.wait(|| http_get("127.0.0.1", port, "/v2/").is_ok_and(|r| r.status == 200));
-        Registry { port, daemon }
+        if secure {
+            daemon.wait(|| listening(port));
+        } else {
+            daemon.wait(|| http_get("127.0.0.1", port, "/v2/").is_ok_and(|r| r.status == 200));
+        }
+        Registry {
+            port,
+            daemon,
+            login,
+        }
     }
 
     /// `127.0.0.1:PORT`, the `docker.registry` of a release values file.
@@ -118,9 +157,24 @@ impl Registry {
 
     /// `skopeo copy` of `layout:tag` to `REGISTRY/name` (name with its tag).
     pub fn push(&self, layout: &Path, tag: &str, name: &str) {
-        sh(Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
-            .arg(format!("oci:{}:{tag}", layout.display()))
+        let mut c = Command::new("skopeo");
+        c.args(["copy", "--quiet"]);
+        match &self.login {
+            Some((user, password, ca)) => {
+                c.arg(format!("--dest-creds={user}:{password}"));
+                c.arg(format!(
+                    "--dest-cert-dir={}",
+                    ca.parent().unwrap().join("certs.d").display()
+                ));
+                let d = ca.parent().unwrap().join("certs.d");
+                std::fs::create_dir_all(&d).unwrap();
+                std::fs::copy(ca, d.join("ca.crt")).unwrap();
+            }
+            None => {
+                c.arg("--dest-tls-verify=false");
+            }
+        }
+        sh(c.arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{}/{name}", self.host())));
     }
 }
