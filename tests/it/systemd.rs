@@ -76,7 +76,11 @@ fn expect_runs(m: &Machine, n: usize, what: &str) -> Vec<String> {
         ))
         .stdout
     );
-    assert_eq!(m.show(SYNC, "ActiveState") == "activating", false);
+    assert_ne!(
+        m.show(SYNC, "ActiveState"),
+        "activating",
+        "{what}: a sync still runs"
+    );
     runs
 }
 
@@ -358,4 +362,129 @@ fn every_unit_verifies_and_every_service_is_rated_2_or_lower() {
             sec.stdout
         );
     }
+}
+
+/// The acceptance case of the pull: the release file names an image the node lacks; the sync
+/// that the path unit starts, in the shipped sandbox (no network, AF_UNIX only), has it pulled
+/// through containerd's CRI image service from a registry that wants a login over TLS. The login
+/// and the CA are in containerd's configuration only. Then, with the registry down, the next
+/// release fails the unit with a clear error within the pull timeout, the tree unchanged.
+#[test]
+fn a_missing_release_image_is_pulled_through_cri_by_the_sync_the_path_unit_starts() {
+    for tool in ["umoci", "skopeo", "docker-registry", "htpasswd"] {
+        assert!(have(tool), "{tool} is missing: run tests/install-deps");
+    }
+    let share = tempfile::Builder::new()
+        .prefix("mwx-systemd-share-")
+        .tempdir()
+        .unwrap();
+    let s = share.path();
+    // The registry runs on the host: the container shares its network (127.0.0.1).
+    let mut reg = crate::support::web::Registry::start_secure(&s.join("registry"));
+    let (user, password, _) = reg.login.clone().unwrap();
+    let layout = Layout::new(s);
+    layout.image(OLD, None, |root| {
+        put(root, "srv/mediawiki/index.php", "<?php // index\n");
+        put(root, "srv/mediawiki/php-1.46/version.php", OLD);
+    });
+    reg.push(&layout.dir, OLD, &format!("{NAME}:{OLD}"));
+    let host = reg.host();
+    let repo = format!("{host}/{NAME}");
+
+    let m = Machine::boot(s);
+    install(&m);
+    // containerd's CRI plugin with the registry's login and CA, as a node's containerd has them.
+    m.ok(&format!(
+        "cat >/etc/containerd/config.toml <<'TOML'\n\
+         version = 2\n\
+         [plugins.\"io.containerd.grpc.v1.cri\"]\n\
+         \x20 disable_apparmor = true\n\
+         \x20 [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{host}\"]\n\
+         \x20   endpoint = [\"https://{host}\"]\n\
+         \x20 [plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"{host}\".auth]\n\
+         \x20   username = \"{user}\"\n\
+         \x20   password = \"{password}\"\n\
+         \x20 [plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"{host}\".tls]\n\
+         \x20   ca_file = \"/mwx/share/registry/ca.pem\"\n\
+         TOML\n\
+         systemctl restart containerd\n\
+         for i in $(seq 100); do ctr version >/dev/null 2>&1 && break; sleep 0.2; done\n\
+         ctr version >/dev/null"
+    ));
+    // The tool's configuration, as Puppet writes it (Puppet is not the point here): the
+    // release file, pulling on, and no credential anywhere.
+    m.ok(&format!(
+        "mkdir -p /etc/mw-experimental {RELEASE_DIR}\n\
+         cat >/etc/mw-experimental/config.yaml <<'YAML'\n\
+         enabled: true\n\
+         image:\n\
+         \x20 source: containerd\n\
+         \x20 repository: {repo}\n\
+         \x20 release_file: {RELEASE}\n\
+         \x20 pull: true\n\
+         \x20 pull_timeout_seconds: 20\n\
+         YAML\n\
+         mw-experimental apply group permissions >/dev/null\n\
+         mkdir -p /etc/systemd/system/{PATH_UNIT}.d\n\
+         printf '[Path]\\nPathChanged={RELEASE}\\n' >/etc/systemd/system/{PATH_UNIT}.d/release.conf\n\
+         systemctl daemon-reload\n\
+         systemctl start {PATH_UNIT}"
+    ));
+    let config = m.ok("cat /etc/mw-experimental/config.yaml");
+    assert!(!config.contains(&password) && !config.contains(&user));
+    assert!(
+        !m.ok("ctr -n k8s.io images ls -q").contains(OLD),
+        "the node has the image already"
+    );
+
+    // The release file names an image only the registry has: one sync, which pulls it.
+    replace_release_on(&m, &host, OLD);
+    let runs = expect_runs(&m, 1, "the release file naming an image to pull");
+    assert_eq!(runs, ["done"], "the sync failed:\n{}", last_run_lines(&m));
+    assert!(
+        tree(&m).contains(&format!("./php-1.46/version.php={OLD}")),
+        "the tree is not the pulled image's:\n{}",
+        tree(&m)
+    );
+    let images = m.ok("ctr -n k8s.io images ls -q");
+    assert!(images.contains(&format!("{repo}:{OLD}")), "{images}");
+    // containerd pulled it, through its CRI image service.
+    let log = m.ok("journalctl --no-pager -o cat -u containerd");
+    assert!(
+        log.contains(&format!("PullImage \\\"{repo}:{OLD}\\\"")),
+        "containerd's journal does not show the CRI pull:\n{log}"
+    );
+
+    // The registry down: the next release's image cannot be had. The unit fails within the pull
+    // timeout, with a message that says what failed, and the tree stays.
+    reg.daemon.stop();
+    let started = std::time::Instant::now();
+    replace_release_on(&m, &host, NEW);
+    let runs = expect_runs(&m, 2, "the release file naming an image, registry down");
+    let took = started.elapsed();
+    assert_eq!(runs.last().unwrap(), "failed", "{runs:?}");
+    assert!(
+        took < Duration::from_secs(20 + 15),
+        "the failing pull took {took:?}, beyond image.pull_timeout_seconds (20 s)"
+    );
+    let lines = last_run_lines(&m);
+    assert!(
+        lines.contains(&format!("pulling {repo}:{NEW}"))
+            && lines.contains("tree was left as it is"),
+        "the failed run does not say what failed:\n{lines}"
+    );
+    assert!(
+        tree(&m).contains(&format!("./php-1.46/version.php={OLD}")),
+        "a failed pull changed the tree:\n{}",
+        tree(&m)
+    );
+}
+
+/// `replace_release`, with the release file naming `registry`.
+fn replace_release_on(m: &Machine, registry: &str, tag: &str) {
+    let text = release_text(tag).replace(REGISTRY, registry);
+    m.ok(&format!(
+        "tmp=$(mktemp {RELEASE_DIR}/.mw-experimental-test-eqiad.yaml.XXXXXX)\n\
+         printf '%s' '{text}' >\"$tmp\"\nchmod 0644 \"$tmp\"\nmv -f \"$tmp\" {RELEASE}"
+    ));
 }
