@@ -219,7 +219,8 @@ class mw_experimental (
   }
 
   # Invoked as `mw_experimental`, the binary is the external fact (it reads only the state file).
-  ensure_resource('file', $facts_dir, { 'ensure' => 'directory' })
+  # Debian's facter package makes neither /etc/facter nor its facts.d: both, on a fresh node.
+  ensure_resource('file', [dirname($facts_dir), $facts_dir], { 'ensure' => 'directory' })
   file { "${facts_dir}/mw_experimental":
     ensure => link,
     target => $binary,

@@ -50,6 +50,8 @@ describe 'mw_experimental' do
       is_expected.to contain_file('/etc/facter/facts.d/mw_experimental')
         .with_ensure('link').with_target('/usr/bin/mw-experimental')
       is_expected.to contain_file('/etc/facter/facts.d').with_ensure('directory')
+      # A fresh Debian node has no /etc/facter either.
+      is_expected.to contain_file('/etc/facter').with_ensure('directory')
     end
 
     it 'still converges each component (node removes the labels and taints), bounded' do
