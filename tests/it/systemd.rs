@@ -502,3 +502,86 @@ fn replace_release_on(m: &Machine, registry: &str, tag: &str) {
          printf '%s' '{text}' >\"$tmp\"\nchmod 0644 \"$tmp\"\nmv -f \"$tmp\" {RELEASE}"
     ));
 }
+
+/// The newest-image mode (no release file): the watch service, under its own sandbox, sees
+/// containerd's image event for a new image of the repository and touches the trigger file; the
+/// path unit starts one sync and the tree is the new image's. An image of another repository
+/// starts nothing.
+#[test]
+fn a_new_image_in_containerd_starts_one_sync_through_the_watch_service() {
+    assert!(have("umoci"), "umoci is missing: run tests/install-deps");
+    let share = tempfile::Builder::new()
+        .prefix("mwx-systemd-share-")
+        .tempdir()
+        .unwrap();
+    let s = share.path();
+    let repo = format!("{REGISTRY}/{NAME}");
+    // One layout per image, each archived for `ctr images import` inside.
+    for (tag, dir) in [(OLD, "old"), (NEW, "new")] {
+        let parent = s.join(dir);
+        std::fs::create_dir_all(&parent).unwrap();
+        let layout = Layout::new(&parent);
+        layout.image(tag, None, |root| {
+            put(root, "srv/mediawiki/index.php", "<?php // index\n");
+            put(root, "srv/mediawiki/php-1.46/version.php", tag);
+        });
+        crate::support::sh(
+            std::process::Command::new("tar")
+                .arg("-C")
+                .arg(&layout.dir)
+                .arg("-cf")
+                .arg(s.join(format!("{dir}.tar")))
+                .arg("."),
+        );
+    }
+    let m = Machine::boot(s);
+    install(&m);
+    m.ok(&format!(
+        "mkdir -p /etc/mw-experimental\n\
+         printf 'enabled: true\\nimage:\\n  source: containerd\\n  repository: {repo}\\n' \
+           >/etc/mw-experimental/config.yaml\n\
+         mw-experimental apply group permissions >/dev/null\n\
+         systemctl start {PATH_UNIT} {WATCH}"
+    ));
+    let import = |archive: &str, base: &str| {
+        m.ok(&format!(
+            "ctr -n k8s.io images import --no-unpack --base-name {base} /mwx/share/{archive} >/dev/null"
+        ));
+    };
+    m.wait_for(
+        "the watch service running",
+        Duration::from_secs(20),
+        &format!("systemctl is-active --quiet {WATCH}"),
+    );
+    // Let it subscribe to the event stream before the first image arrives.
+    std::thread::sleep(Duration::from_secs(2));
+
+    import("old.tar", &repo);
+    let runs = expect_runs(&m, 1, "a first image of the repository in containerd");
+    assert_eq!(runs, ["done"], "{}", last_run_lines(&m));
+    assert!(
+        tree(&m).contains(&format!("./php-1.46/version.php={OLD}")),
+        "the tree is not the image's:\n{}",
+        tree(&m)
+    );
+
+    import("new.tar", &repo);
+    let runs = expect_runs(&m, 2, "a newer image of the repository in containerd");
+    assert_eq!(runs.last().unwrap(), "done", "{}", last_run_lines(&m));
+    assert!(
+        tree(&m).contains(&format!("./php-1.46/version.php={NEW}")),
+        "the tree did not follow the newer image:\n{}",
+        tree(&m)
+    );
+
+    // Another repository's image: no sync.
+    import("new.tar", "docker-registry.example/restricted/other-image");
+    expect_runs(&m, 2, "an image of another repository");
+    assert_eq!(
+        m.show(WATCH, "ActiveState"),
+        "active",
+        "the watch service stopped:\n{}",
+        m.bash(&format!("journalctl --no-pager -u {WATCH}")).stdout
+    );
+    assert_eq!(m.show(WATCH, "NRestarts"), "0");
+}
