@@ -45,3 +45,33 @@ pub fn deployer_group(cfg: &Config) -> Result<Option<Group>> {
     }
     Ok(by_name)
 }
+
+/// The name of `uid` in the user database; `None` when it has none (a removed user).
+pub fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
+/// The uid of `name` in the user database, when it exists.
+pub fn user_uid(name: &str) -> Option<u32> {
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
+}
+
+/// The engineer running this command, for `diff --mine` and the banner's greeting: the real
+/// uid; for root, the uid that ran `sudo` (`SUDO_UID`), or `None` for root itself. `SUDO_UID`
+/// is read only when the real uid is root, so nobody else can claim to be someone else with it.
+pub fn caller() -> Option<u32> {
+    let uid = rustix::process::getuid().as_raw();
+    if uid != 0 {
+        return Some(uid);
+    }
+    std::env::var("SUDO_UID")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&u| u != 0)
+}

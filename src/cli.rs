@@ -89,6 +89,10 @@ pub enum Command {
         /// Per file, the count of changed lines against the image (like `git diff --stat`).
         #[arg(long, conflicts_with = "patch")]
         stat: bool,
+        /// Only your own edits: those whose editor is you (your real uid; under sudo, the uid
+        /// that ran sudo). Edits whose editor is unknown are nobody's. Root without sudo sees all.
+        #[arg(long)]
+        mine: bool,
     },
     /// Restore paths from the image (each backed up first).
     Reset {

@@ -14,13 +14,30 @@ use crate::state::State;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-/// The banner's text; empty when the switch is off.
-pub fn render(cfg: &Config, state: Option<&State>, spool: &Spool, now: SystemTime) -> String {
+/// The engineer who logs in: uid and name (see [`crate::accounts::caller`]).
+pub type Caller = (u32, String);
+
+/// The banner's text; empty when the switch is off. With a `caller` (an engineer, not root
+/// itself) it begins by greeting them with their own edits and holds.
+pub fn render(
+    cfg: &Config,
+    state: Option<&State>,
+    spool: &Spool,
+    now: SystemTime,
+    caller: Option<&Caller>,
+) -> String {
     if !cfg.enabled {
         return String::new();
     }
     let tree = cfg.code.path.display();
     let mut out = String::new();
+    let census = state
+        .and_then(|s| s.components.get(&Component::Code))
+        .map(|c| &c.plan.observed["edits"])
+        .filter(|e| e.is_object());
+    if let Some(c) = caller {
+        out.push_str(&greeting(c, census, spool));
+    }
     let _ = writeln!(
         out,
         "This is an mw-experimental node: {tree} is served live to requests routed here with X-Wikimedia-Debug."
@@ -63,14 +80,32 @@ pub fn render(cfg: &Config, state: Option<&State>, spool: &Spool, now: SystemTim
         })
         .unwrap_or_else(|| "never".into());
     let _ = writeln!(out, "  syncs:    last {last}; next {}", next_sync(now));
-    let edits = observed
-        .and_then(|o| o["local_edits"].as_u64())
-        .unwrap_or(0);
-    let _ = writeln!(
-        out,
-        "  edits:    {edits} local edit{} kept (`mw-experimental diff` lists them)",
-        if edits == 1 { "" } else { "s" }
-    );
+    match census {
+        Some(e) => {
+            let total = e["total"].as_u64().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "  edits:    {total} edit{}{} as of the last sync ({}); `mw-experimental diff` lists them, `diff --mine` yours",
+                if total == 1 { "" } else { "s" },
+                if total == 0 {
+                    String::new()
+                } else {
+                    format!(": {}", per_editor(e))
+                },
+                e["counted_at"].as_str().unwrap_or("at an unknown time")
+            );
+        }
+        None => {
+            let edits = observed
+                .and_then(|o| o["local_edits"].as_u64())
+                .unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "  edits:    {edits} local edit{} kept (`mw-experimental diff` lists them)",
+                if edits == 1 { "" } else { "s" }
+            );
+        }
+    }
     if spool.active.is_empty() {
         let _ = writeln!(out, "  holds:    none: the next hourly sync will run");
     } else {
@@ -96,6 +131,90 @@ pub fn render(cfg: &Config, state: Option<&State>, spool: &Spool, now: SystemTim
         out,
         "            mw-experimental hold --reason TEXT [--for 8h]; release   pause / resume the hourly sync"
     );
+    out
+}
+
+/// "alice 2, bob 1, unknown 1": a census's `by_editor` (the fact's `code.edits`), as
+/// `status` and the banner print it.
+pub fn per_editor(census: &serde_json::Value) -> String {
+    census["by_editor"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    let who = match (c["user"].as_str(), c["uid"].as_u64()) {
+                        (Some(u), _) => u.to_string(),
+                        (None, Some(uid)) => format!("uid {uid}"),
+                        (None, None) => "unknown".into(),
+                    };
+                    format!("{who} {}", c["edits"].as_u64().unwrap_or(0))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// The caller's own edits in a census: (count, newest path and time when known).
+pub fn own_edits(census: &serde_json::Value, uid: u32) -> (u64, Option<(String, String)>) {
+    let count = census["by_editor"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["uid"].as_u64() == Some(uid as u64))
+        .and_then(|c| c["edits"].as_u64())
+        .unwrap_or(0);
+    let newest = census["recent"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["uid"].as_u64() == Some(uid as u64))
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap_or_default().to_string(),
+                e["changed_at"]
+                    .as_str()
+                    .unwrap_or("an unknown time")
+                    .to_string(),
+            )
+        });
+    (count, newest)
+}
+
+/// The first lines for an engineer: their own edits (as of the last sync) and holds.
+fn greeting(caller: &Caller, census: Option<&serde_json::Value>, spool: &Spool) -> String {
+    let (uid, name) = caller;
+    let mut out = String::new();
+    let total = census.and_then(|e| e["total"].as_u64()).unwrap_or(0);
+    match census.map(|e| own_edits(e, *uid)) {
+        None => {
+            let _ = writeln!(
+                out,
+                "Hello {name}: your edits here are counted at the next sync; `mw-experimental diff --mine` lists them now."
+            );
+        }
+        Some((0, _)) => {
+            let _ = writeln!(
+                out,
+                "Hello {name}: none of the {total} edit{} here is yours (as of the last sync).",
+                if total == 1 { "" } else { "s" }
+            );
+        }
+        Some((n, newest)) => {
+            let _ = writeln!(
+                out,
+                "Hello {name}: {n} of the {total} edit{} here {} yours{} (as of the last sync; `mw-experimental diff --mine` lists them).",
+                if total == 1 { "" } else { "s" },
+                if n == 1 { "is" } else { "are" },
+                newest
+                    .map(|(p, t)| format!(", newest {p} at {t}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    for h in spool.active.iter().filter(|h| h.uid == *uid) {
+        let _ = writeln!(out, "  Your hold: {}", h.describe());
+    }
     out
 }
 
@@ -170,7 +289,13 @@ mod tests {
             "release_file": "/etc/helmfile-defaults/mediawiki/release/mw-experimental-pinkllama-eqiad.yaml",
         });
         state.components.insert(Component::Code, code);
-        let text = render(&cfg, Some(&state), &Spool::default(), SystemTime::now());
+        let text = render(
+            &cfg,
+            Some(&state),
+            &Spool::default(),
+            SystemTime::now(),
+            None,
+        );
         assert!(
             text.contains("2026-11-20-101010-publish (published 2026-11-20T10:10:10Z)"),
             "{text}"
@@ -185,7 +310,13 @@ mod tests {
             .unwrap()
             .plan
             .observed["release_file"] = serde_json::Value::Null;
-        let text = render(&cfg, Some(&state), &Spool::default(), SystemTime::now());
+        let text = render(
+            &cfg,
+            Some(&state),
+            &Spool::default(),
+            SystemTime::now(),
+            None,
+        );
         assert!(
             text.contains("follows:  the newest image on this node"),
             "{text}"

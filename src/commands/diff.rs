@@ -9,20 +9,34 @@ use super::output::{print_plan_list, Style};
 use crate::config::Config;
 use crate::exit_codes::ExitCode;
 use crate::plan::{Component, SAMPLE};
-use crate::state::Lock;
+use crate::state::{Lock, State};
+use crate::sync::Whose;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// `diff`: prints the differences; exit 0 none, 1 some.
+/// With `mine`, only the caller's edits ([`crate::accounts::caller`]); root without sudo has no
+/// edits of its own to pick, so it sees every edit, and is told so.
 pub fn diff(
     cfg: &Config,
     paths: &[PathBuf],
+    mine: bool,
     patch: bool,
     stat: bool,
     json: bool,
 ) -> Result<ExitCode> {
-    let (out, differs) = crate::sync::diff(cfg, paths, patch, stat, json)?;
+    let whose = match (mine, crate::accounts::caller()) {
+        (false, _) => Whose::All,
+        (true, Some(uid)) => Whose::Uid(uid),
+        (true, None) => {
+            log::warn!(
+                "diff --mine as root (not through sudo): listing every edit; run it as yourself to see yours"
+            );
+            Whose::All
+        }
+    };
+    let (out, differs) = crate::sync::diff(cfg, paths, whose, patch, stat, json)?;
     print!("{out}");
     Ok(if differs {
         ExitCode::Pending
@@ -40,6 +54,15 @@ pub fn reset(
 ) -> Result<ExitCode> {
     let _lock = Lock::acquire(&cfg.state_dir, "reset", lock_wait)?;
     let done = crate::sync::reset(cfg, paths)?.bounded(SAMPLE);
+    // The edits per editor changed: the state (status, the banner, the fact) says so now,
+    // not at the next sync. Only that field of the code component's record is replaced.
+    let mut state = State::read_or_default(&cfg.state_file());
+    if let Some(code) = state.components.get_mut(&Component::Code) {
+        if code.plan.observed.is_object() && done.observed["edits"].is_object() {
+            code.plan.observed["edits"] = done.observed["edits"].clone();
+            state.write(&cfg.state_file())?;
+        }
+    }
     print_plan_list(&[(Component::Code, Ok(done))], style, "reset");
     Ok(ExitCode::Ok)
 }

@@ -148,7 +148,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             max_triggers,
         } => watch::watch(&cfg, &trigger, max_triggers),
         Command::Status => status::status(&cfg, cli.config.as_deref(), cli.json),
-        Command::Diff { paths, patch, stat } => diff::diff(&cfg, &paths, patch, stat, cli.json),
+        Command::Diff {
+            paths,
+            patch,
+            stat,
+            mine,
+        } => diff::diff(&cfg, &paths, mine, patch, stat, cli.json),
         Command::Reset { paths, lock_wait } => {
             diff::reset(&cfg, &paths, style, Duration::from_secs(lock_wait))
         }

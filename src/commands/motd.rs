@@ -17,9 +17,21 @@ pub fn motd(cfg: &Config) -> Result<ExitCode> {
         None
     });
     let spool = crate::hold::read(&cfg.state_dir);
+    // The engineer who logs in, greeted with their own edits and holds; none for root itself
+    // (pam_motd runs the fragment as root, with a cleared environment).
+    let caller = crate::accounts::caller().map(|uid| {
+        let name = crate::accounts::user_name(uid).unwrap_or_else(|| format!("uid {uid}"));
+        (uid, name)
+    });
     print!(
         "{}",
-        crate::motd::render(cfg, state.as_ref(), &spool, std::time::SystemTime::now())
+        crate::motd::render(
+            cfg,
+            state.as_ref(),
+            &spool,
+            std::time::SystemTime::now(),
+            caller.as_ref()
+        )
     );
     Ok(ExitCode::Ok)
 }

@@ -58,7 +58,11 @@ fn summary(cfg: &Config, state: Option<&State>, spool: &crate::hold::Spool) -> S
                 "code at {}",
                 crate::motd::describe_image(o["image"].as_str().unwrap_or_default())
             ));
-            let edits = o["local_edits"].as_u64().unwrap_or(0);
+            // The census of every edit when the last sync took one; else the edits it kept.
+            let edits = o["edits"]["total"]
+                .as_u64()
+                .or(o["local_edits"].as_u64())
+                .unwrap_or(0);
             parts.push(format!(
                 "{edits} local edit{}",
                 if edits == 1 { "" } else { "s" }
@@ -126,24 +130,55 @@ fn code(cfg: &Config, state: Option<&State>, spool: &crate::hold::Spool) -> Stri
                     .collect()
             })
             .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "edits:       {edits} kept by the last sync{}; `mw-experimental diff` lists every edit",
-            if kept.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " ({}{})",
-                    kept.join(", "),
-                    if edits as usize > kept.len() {
-                        ", ..."
-                    } else {
-                        ""
-                    }
-                )
+        let census = &o["edits"];
+        if census.is_object() {
+            let total = census["total"].as_u64().unwrap_or(0);
+            let mut line = format!(
+                "edits:       {total} as of {}",
+                census["counted_at"].as_str().unwrap_or("an unknown time")
+            );
+            if total > 0 {
+                let _ = write!(line, ", by editor: {}", crate::motd::per_editor(census));
             }
-        );
+            if let Some(uid) = crate::accounts::caller() {
+                let _ = write!(line, "; yours: {}", crate::motd::own_edits(census, uid).0);
+            }
+            let _ = writeln!(
+                out,
+                "{line}; `mw-experimental diff` lists every edit, `diff --mine` yours"
+            );
+        }
+        let paths = if kept.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({}{})",
+                kept.join(", "),
+                if edits as usize > kept.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            )
+        };
+        if !census.is_object() {
+            let _ = writeln!(
+                out,
+                "edits:       {edits} kept by the last sync{paths}; `mw-experimental diff` lists every edit"
+            );
+        } else if edits > 0 {
+            let _ = writeln!(
+                out,
+                "kept:        {edits} edit{} kept where the last new image changed the file{paths}",
+                if edits == 1 { "" } else { "s" }
+            );
+        }
     }
+    out_rest(out, spool)
+}
+
+/// The end of the code section: holds and the next timer run.
+fn out_rest(mut out: String, spool: &crate::hold::Spool) -> String {
     if spool.active.is_empty() {
         let _ = writeln!(out, "holds:       none");
     }

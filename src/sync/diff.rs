@@ -1,9 +1,26 @@
 //! `mw-experimental diff`: engineers' edits to the tree against the manifest of the last sync
-//! (`M`/`A`/`D` per path, as text or JSON), with unified patches against the image last synced
-//! on `--patch`, or per-file counts of changed lines on `--stat`. It only reads: it must never write to the tree or the state, and never follow a
-//! symlink of the live tree (a blocked path is reported as modified, not entered).
+//! (`M`/`A`/`D` per path, with who last changed each and when, as text or JSON), with unified
+//! patches against the image last synced on `--patch`, or per-file counts of changed lines on
+//! `--stat`; `--mine` keeps the caller's own. The same scan, summed per editor, is the census
+//! that `sync` and `reset` record for `status`, the banner and the fact ([`census`]). It only
+//! reads: it must never write to the tree or the state, and never follow a symlink of the live
+//! tree (a blocked path is reported as modified, not entered; entries are `lstat`ed from their
+//! parent's fd, and only a file's metadata is read to name its editor).
+//!
+//! Who: the file system keeps no writer, only an owner, and a deployer cannot give a file away.
+//! So an entry whose inode is not the one the sync recorded (an editor's write-and-rename, a
+//! file turned into something else) or that the manifest does not know (created here) was made
+//! by its owner. A file written in place keeps its inode and the owner the sync gave it (root)
+//! or the tree's owner (`code.owner`): its editor is unknown; an in-place write to a file owned
+//! by anyone else is that owner's (the file was theirs before the sync adopted it). A deletion
+//! leaves nothing to ask: unknown. When: the entry's mtime (what editors set; the ctime moves
+//! when `apply permissions` fixes an ACL); for a deletion, the mtime of the directory it was in,
+//! the last change there, at or after the deletion.
 
-use super::live::{collect_added, equals_manifest, read_at};
+use super::editors::{
+    describe_counts, edit, editor_of_modified, per_editor, Census, Change, Edit, Names, RECENT,
+};
+use super::live::{collect_added, equals_manifest, kind_of, read_at};
 use super::manifest::{LastSync, Reader};
 use super::{in_scope, scope_of, sync_dir, under};
 use crate::config::Config;
@@ -16,17 +33,16 @@ use std::fmt::Write as _;
 use std::io::Read;
 use std::path::PathBuf;
 
-/// Engineers' edits. Returns the report for stdout (text or JSON per `json`) and whether any
-/// edit was found. Text starts with a one-line summary; `patch` adds unified diffs, `stat` the
-/// changed-line counts per file.
-pub fn diff(
-    cfg: &Config,
-    paths: &[PathBuf],
-    patch: bool,
-    stat: bool,
-    json: bool,
-) -> Result<(String, bool)> {
-    let scope = scope_of(cfg, paths)?;
+/// The tree's edits in `scope`: modified (sorted), added (in walk order), deleted (in manifest
+/// order), each with its editor and time; and the directory cache, for reading files after.
+struct Scan {
+    modified: Vec<Edit>,
+    added: Vec<Edit>,
+    deleted: Vec<Edit>,
+    dc: DirCache,
+}
+
+fn scan(cfg: &Config, scope: &[String]) -> Result<Scan> {
     // The manifest is streamed (at a million entries it is ~150 MB of text); only the paths in
     // scope are kept, to tell engineers' additions from ours.
     let mut man = Reader::open(cfg)?;
@@ -41,6 +57,9 @@ pub fn diff(
             sync_dir(cfg).display()
         );
     }
+    let mut tree_owners = vec![0];
+    tree_owners.extend(crate::accounts::user_uid(&cfg.code.owner));
+    let mut names = Names::default();
     let root = at::open_dir_path(&cfg.code.path)
         .with_context(|| format!("opening the code tree {}", cfg.code.path.display()))?;
     let mut dc = DirCache::new(rustix::io::dup(&root)?);
@@ -51,7 +70,7 @@ pub fn diff(
     while first || man.next()? {
         first = false;
         let p = man.path();
-        if !in_scope(&scope, p) {
+        if !in_scope(scope, p) {
             continue;
         }
         known.push(p.to_string());
@@ -62,34 +81,160 @@ pub fn diff(
         let d = match dc.open(parent)? {
             Opened::Dir(d) => d,
             Opened::Missing(_) => {
-                deleted.push(p.to_string());
+                deleted.push(edit(p.to_string(), Change::Deleted, None, None, &mut names));
                 continue;
             }
             Opened::Blocked(b) => {
-                modified.push(b.clone());
+                // A directory of ours replaced by a symlink or a file: a new inode, its owner's.
+                let (bp, bn) = at::split(&b);
+                let st = match dc.open(bp)? {
+                    Opened::Dir(bd) => at::lstat_at(bd, bn)?,
+                    _ => None,
+                };
+                let who = st.as_ref().map(|s| s.st_uid);
+                modified.push(edit(
+                    b.clone(),
+                    Change::Modified,
+                    who,
+                    st.as_ref(),
+                    &mut names,
+                ));
                 blocked = Some(b);
                 continue;
             }
         };
         match at::lstat_at(d, name)? {
-            None => deleted.push(p.to_string()),
+            None => {
+                let dir = rustix::fs::fstat(d).ok();
+                deleted.push(edit(
+                    p.to_string(),
+                    Change::Deleted,
+                    None,
+                    dir.as_ref(),
+                    &mut names,
+                ));
+            }
             Some(st) => {
-                if !equals_manifest(&man.entry()?, &st, d, name, &mut None)? {
-                    modified.push(p.to_string());
+                let m = man.entry()?;
+                if !equals_manifest(&m, &st, d, name, &mut None)? {
+                    let replaced =
+                        kind_of(&st) != Some(m.e.kind) || (m.live.0 != 0 && st.st_ino != m.live.0);
+                    let who = editor_of_modified(replaced, st.st_uid, &tree_owners);
+                    modified.push(edit(
+                        p.to_string(),
+                        Change::Modified,
+                        who,
+                        Some(&st),
+                        &mut names,
+                    ));
                 }
             }
         }
     }
-    modified.sort();
-    modified.dedup();
-    for s in &scope {
+    modified.sort_by(|a, b| a.path.cmp(&b.path));
+    modified.dedup_by(|a, b| a.path == b.path);
+    let mut added_paths = Vec::new();
+    for s in scope {
         collect_added(
             &mut dc,
             s,
             &|p| known.binary_search_by(|k| k.as_str().cmp(p)).is_ok(),
-            &mut added,
+            &mut added_paths,
         )?;
     }
+    drop(known);
+    // A created entry is its owner's: whoever made it (a deployer cannot give it away).
+    for p in added_paths {
+        let (parent, name) = at::split(&p);
+        let st = match dc.open(parent)? {
+            Opened::Dir(d) => at::lstat_at(d, name)?,
+            _ => None,
+        };
+        let who = st.as_ref().map(|s| s.st_uid);
+        added.push(edit(p, Change::Added, who, st.as_ref(), &mut names));
+    }
+    Ok(Scan {
+        modified,
+        added,
+        deleted,
+        dc,
+    })
+}
+
+/// Every edit of the tree, summed per editor, with the [`RECENT`] newest.
+pub(super) fn census(cfg: &Config) -> Result<Census> {
+    let s = scan(cfg, &[String::new()])?;
+    let mut all: Vec<Edit> = s
+        .modified
+        .into_iter()
+        .chain(s.added)
+        .chain(s.deleted)
+        .collect();
+    let by_editor = per_editor(&all);
+    // Newest first; unknown times last.
+    all.sort_by(|a, b| {
+        b.changed_unix
+            .unwrap_or(i64::MIN)
+            .cmp(&a.changed_unix.unwrap_or(i64::MIN))
+            .then_with(|| a.path.cmp(&b.path))
+    });
+    let total = all.len() as u64;
+    all.truncate(RECENT);
+    Ok(Census {
+        counted_at: crate::state::now().0,
+        total,
+        by_editor,
+        recent: all,
+    })
+}
+
+/// Whose edits `diff` lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Whose {
+    /// Everyone's.
+    All,
+    /// Only this uid's (`--mine`): edits whose editor is unknown are not anyone's.
+    Uid(u32),
+}
+
+/// Engineers' edits. Returns the report for stdout (text or JSON per `json`) and whether any
+/// edit was found. Text starts with a one-line summary; `patch` adds unified diffs, `stat` the
+/// changed-line counts per file.
+pub fn diff(
+    cfg: &Config,
+    paths: &[PathBuf],
+    whose: Whose,
+    patch: bool,
+    stat: bool,
+    json: bool,
+) -> Result<(String, bool)> {
+    let scope = scope_of(cfg, paths)?;
+    let Scan {
+        modified,
+        added,
+        deleted,
+        mut dc,
+    } = scan(cfg, &scope)?;
+    let everyone = modified.len() + added.len() + deleted.len();
+    let keep = |v: Vec<Edit>| -> Vec<Edit> {
+        match whose {
+            Whose::All => v,
+            Whose::Uid(u) => v.into_iter().filter(|e| e.uid == Some(u)).collect(),
+        }
+    };
+    let (modified_e, added_e, deleted_e) = (keep(modified), keep(added), keep(deleted));
+    let all_e: Vec<&Edit> = modified_e
+        .iter()
+        .chain(&added_e)
+        .chain(&deleted_e)
+        .collect();
+    let others = everyone - all_e.len();
+    let paths_of = |v: &[Edit]| -> Vec<String> { v.iter().map(|e| e.path.clone()).collect() };
+    let (modified, added, deleted) = (
+        paths_of(&modified_e),
+        paths_of(&added_e),
+        paths_of(&deleted_e),
+    );
     let mut patches = BTreeMap::new();
     // Per path: (lines inserted, lines deleted), or None for a binary file.
     let mut stats: BTreeMap<String, Option<(u64, u64)>> = BTreeMap::new();
@@ -181,8 +326,21 @@ pub fn diff(
         }
     }
     let differs = !(modified.is_empty() && added.is_empty() && deleted.is_empty());
+    let mine = match whose {
+        Whose::All => None,
+        Whose::Uid(u) => Some((u, crate::accounts::user_name(u))),
+    };
     let out = if json {
-        let mut v = json!({"modified": modified, "added": added, "deleted": deleted});
+        let mut v = json!({
+            "modified": modified,
+            "added": added,
+            "deleted": deleted,
+            "edits": all_e,
+            "editors": per_editor(&all_e.iter().map(|e| (*e).clone()).collect::<Vec<_>>()),
+        });
+        if let Some((uid, user)) = &mine {
+            v["mine"] = json!({"uid": uid, "user": user, "others": others});
+        }
         if patch {
             v["patches"] = json!(patches);
         }
@@ -202,35 +360,66 @@ pub fn diff(
         format!("{v}\n")
     } else {
         let mut s = String::new();
-        let _ = writeln!(
+        let by = match &mine {
+            None => String::new(),
+            Some((uid, user)) => format!(" by {}", user.clone().unwrap_or(format!("uid {uid}"))),
+        };
+        let _ = write!(
             s,
-            "diff: {} modified, {} added, {} deleted against the image last synced",
+            "diff: {} modified, {} added, {} deleted{by} against the image last synced",
             modified.len(),
             added.len(),
             deleted.len()
         );
+        if mine.is_some() && others > 0 {
+            let _ = write!(
+                s,
+                " ({others} more by others or unknown: `diff` without --mine lists them)"
+            );
+        }
+        s.push('\n');
         if stat {
             s.push_str(&render_stat(&stats));
-            return Ok((
-                s,
-                !(modified.is_empty() && added.is_empty() && deleted.is_empty()),
-            ));
+            return Ok((s, differs));
         }
-        for p in &modified {
-            let _ = writeln!(s, "M {p}");
+        if mine.is_none() && differs {
+            let counts = per_editor(&all_e.iter().map(|e| (*e).clone()).collect::<Vec<_>>());
+            let _ = writeln!(s, "editors: {}", describe_counts(&counts));
         }
-        for p in &added {
-            let _ = writeln!(s, "A {p}");
-        }
-        for p in &deleted {
-            let _ = writeln!(s, "D {p}");
-        }
+        s.push_str(&render_edits(&all_e));
         for t in patches.values() {
             s.push_str(t);
         }
         s
     };
     Ok((out, differs))
+}
+
+/// One line per edit: `M path  editor  time`, the paths padded to one column (up to 60).
+fn render_edits(edits: &[&Edit]) -> String {
+    let mut s = String::new();
+    let pw = edits
+        .iter()
+        .map(|e| e.path.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(60);
+    let names: Vec<String> = edits.iter().map(|e| e.editor()).collect();
+    let uw = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    for (e, who) in edits.iter().zip(&names) {
+        let when = match (&e.changed_at, e.time_of.as_str()) {
+            (Some(t), "directory") => format!("by {t}"),
+            (Some(t), _) => t.clone(),
+            (None, _) => "at an unknown time".into(),
+        };
+        let _ = writeln!(
+            s,
+            "{} {:<pw$}  {who:<uw$}  {when}",
+            e.change.letter(),
+            e.path
+        );
+    }
+    s
 }
 
 /// Lines of a text; `None` when it is not UTF-8 (a binary file).

@@ -30,6 +30,9 @@ pub(super) struct LastSync {
     /// The release values file that named the image (`image.release_file`), if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) release_file: Option<String>,
+    /// Every edit of the tree summed per editor, as the end of the last sync (or reset) found it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) edits: Option<super::editors::Census>,
 }
 
 impl LastSync {
@@ -61,6 +64,7 @@ impl LastSync {
             "synced_at": self.synced_at,
             "files": self.files,
             "local_edits": self.local_edits,
+            "edits": self.edits,
         })
     }
 }

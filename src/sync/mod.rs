@@ -14,7 +14,9 @@
 //! * gone from the image: deleted only if the live entry equals the manifest;
 //! * not in the manifest (an engineer's file): kept.
 //!
-//! The same image digest as the last sync ends the run before the live tree is touched. Every
+//! The same image digest as the last sync ends the run before the live tree is written (it is
+//! read only when the census of edits per editor is 50 minutes old: [`editors`], through
+//! `diff`'s scan). Every
 //! directory is opened from its parent's fd with `O_NOFOLLOW|O_DIRECTORY` ([`crate::fs::at`]): a
 //! live path component that is a symlink or a file stops that subtree, reported. Temp files are
 //! listed in `state_dir/sync/journal` before they are created, so the next run removes what a
@@ -23,8 +25,10 @@
 //! This folder: `mod.rs` holds the component's entry points (`check`, `apply`, `sync`) and the
 //! small helpers its parts share; `manifest` the state files (manifest and last sync), `live`
 //! the read-only comparisons of live entries, `engine` the writer, `recover` the journal
-//! cleanup, `diff` and `reset` the two commands of that name. Nothing here follows a symlink of
-//! the live tree or writes outside `code.path` and `state_dir`.
+//! cleanup, `diff` and `reset` the two commands of that name, `editors` who last changed each
+//! edit (the census of edits per editor that `sync` and `reset` record, for `status`, the banner
+//! and the fact). Nothing here follows a symlink of the live tree or writes outside `code.path`
+//! and `state_dir`.
 
 use crate::config::Config;
 use crate::fs::at;
@@ -38,13 +42,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 mod diff;
+mod editors;
 mod engine;
 mod live;
 mod manifest;
 mod recover;
 mod reset;
 
-pub use diff::diff;
+pub use diff::{diff, Whose};
+use editors::Census;
 pub use reset::reset;
 
 use engine::{Engine, EngineOpts};
@@ -159,20 +165,20 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
                 l.reference,
                 l.synced_at
             );
-            if l.release_file != release_file && !opts.dry_run {
-                // The same image, now (or no longer) named by a release file: say so.
-                let l = LastSync {
-                    release_file: release_file.clone(),
-                    ..l.clone()
-                };
+            let mut l = LastSync {
+                release_file: release_file.clone(),
+                ..l.clone()
+            };
+            if !opts.dry_run {
+                // The same image (now or no longer named by a release file, say so), and the
+                // edits engineers made since: who has edits here, for status and the banner.
+                if census_due(l.edits.as_ref()) {
+                    l.edits = count_edits(cfg).or(l.edits);
+                }
                 l.write(cfg)?;
             }
             let mut plan = ComponentPlan {
-                observed: LastSync {
-                    release_file: release_file.clone(),
-                    ..l.clone()
-                }
-                .observed(),
+                observed: l.observed(),
                 ..Default::default()
             };
             plan.metrics = metrics(0, 0, started, l.files);
@@ -234,6 +240,7 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
             files: out.files,
             local_edits: out.kept,
             release_file,
+            edits: count_edits(cfg),
         };
         l.write(cfg)?;
         plan.metrics
@@ -244,6 +251,42 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
         plan.observed = json!({"image": img.reference, "digest": img.digest, "files": out.files, "dry_run": true});
     }
     Ok(plan)
+}
+
+/// How old the census may get before an unchanged-image sync takes it again: the scan reads
+/// every entry, which an event-triggered sync that finds nothing to do should not pay each time
+/// (the hourly backstop keeps the counts at most about this old).
+const CENSUS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(50 * 60);
+
+/// Whether an unchanged-image sync should count the edits again.
+fn census_due(last: Option<&Census>) -> bool {
+    let Some(c) = last else { return true };
+    let Ok(at) = humantime::parse_rfc3339_weak(&c.counted_at) else {
+        return true;
+    };
+    std::time::SystemTime::now()
+        .duration_since(at)
+        .map_or(true, |age| age >= CENSUS_MAX_AGE)
+}
+
+/// The census of edits per editor ([`diff::census`]); a failure is logged, not fatal: the sync
+/// itself is done, and `diff` still lists the edits.
+fn count_edits(cfg: &Config) -> Option<Census> {
+    let started = Instant::now();
+    match diff::census(cfg) {
+        Ok(c) => {
+            log::debug!(
+                "counted {} edits by editor in {:.3}s",
+                c.total,
+                started.elapsed().as_secs_f64()
+            );
+            Some(c)
+        }
+        Err(e) => {
+            log::warn!("counting the edits per editor: {e:#}");
+            None
+        }
+    }
 }
 
 fn sync_dir(cfg: &Config) -> PathBuf {

@@ -50,6 +50,12 @@ pub fn reset(cfg: &Config, paths: &[PathBuf]) -> Result<ComponentPlan> {
     let out = eng.run()?;
     let _ = std::fs::remove_file(sync_dir(cfg).join("journal"));
     let mut plan = out.plan(started);
+    // The edits per editor changed with the reset: count them again.
+    let last = LastSync {
+        edits: super::count_edits(cfg).or(last.edits),
+        ..last
+    };
+    last.write(cfg)?;
     plan.observed = last.observed();
     Ok(plan)
 }

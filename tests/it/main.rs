@@ -6,6 +6,7 @@
 mod support;
 
 mod cli;
+mod editors;
 mod group;
 mod hold;
 mod hostile;

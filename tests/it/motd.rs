@@ -1,6 +1,7 @@
 //! The login banner: on a node with an edit and a hold it names the image tag, the edit count
-//! and the hold, for root (pam_motd) and for a member alike; the packaged update-motd.d fragment
-//! prints the same; with the switch off it prints nothing. (Its speed with the API server down is
+//! per editor and the hold, for root (pam_motd) and for a member alike, the member greeted first
+//! with their own edits and holds; the packaged update-motd.d fragment prints root's banner;
+//! with the switch off it prints nothing. (Its speed with the API server down is
 //! a benchmark row, `bench/motd`, not a timed test.)
 
 use crate::hold::{put, Node};
@@ -18,7 +19,14 @@ fn the_banner_names_the_image_tag_the_edits_and_the_holds_and_is_silent_when_off
     n.as_member(0, &["hold", "--reason", "bisecting T12345"])
         .code(0);
 
-    let root = n.w.run(&["motd"]);
+    // Root as pam_motd runs it: no sudo in the environment.
+    let root = Out::of(
+        n.w.cmd()
+            .arg("motd")
+            .env_remove("SUDO_UID")
+            .output()
+            .unwrap(),
+    );
     root.code(0);
     let member = n.as_member(0, &["motd"]);
     member.code(0);
@@ -26,7 +34,8 @@ fn the_banner_names_the_image_tag_the_edits_and_the_holds_and_is_silent_when_off
         for want in [
             "mw-experimental node",
             "2026-11-20-101010-publish-1 (published 2026-11-20T10:10:10Z)",
-            "1 local edit kept",
+            // Written in place by root: the file keeps the owner the sync gave it.
+            "1 edit: unknown 1 as of the last sync",
             &format!("held by {}", alice.name),
             "bisecting T12345",
             "mw-experimental diff",
@@ -36,7 +45,14 @@ fn the_banner_names_the_image_tag_the_edits_and_the_holds_and_is_silent_when_off
             assert!(text.contains(want), "the banner lacks {want:?}:\n{text}");
         }
     }
-    assert_eq!(root.stdout, member.stdout);
+    // The member is greeted first with their own edits and hold; the rest is root's banner.
+    let greeting = format!(
+        "Hello {}: none of the 1 edit here is yours (as of the last sync).\n  Your hold: held by {}",
+        alice.name, alice.name
+    );
+    assert!(member.stdout.starts_with(&greeting), "{}", member.stdout);
+    assert!(member.stdout.ends_with(&root.stdout), "{}", member.stdout);
+    assert!(root.stdout.starts_with("This is an mw-experimental node"));
 
     // The packaged fragment, pointed at this build, prints the same (as pam_motd runs it).
     let fragment = std::fs::read_to_string(
@@ -51,6 +67,7 @@ fn the_banner_names_the_image_tag_the_edits_and_the_holds_and_is_silent_when_off
                 .arg("-c")
                 .arg(&fragment)
                 .env("MW_EXPERIMENTAL_CONFIG", &n.w.config)
+                .env_remove("SUDO_UID")
                 .output()
                 .unwrap(),
         )

@@ -107,7 +107,8 @@ fn an_edit_is_served_by_the_next_request_and_survives_a_new_image_until_reset() 
     }
     let tmp = tempfile::tempdir().unwrap();
     let reg = Registry::start(&tmp.path().join("registry"));
-    let ctrd = Containerd::start();
+    // Pulls go through containerd's CRI image service, as the kubelet's do.
+    let ctrd = Containerd::start_cri(&reg);
     let layout = Layout::new(tmp.path());
     layout.image(V1, None, |r| mediawiki(r, "v1", "2020-01-01 00:00:00"));
     layout.image(V2, Some(V1), |r| mediawiki(r, "v2", "2021-01-01 00:00:00"));
