@@ -290,6 +290,11 @@ fn puppet_starts_the_triggers_a_replaced_release_file_syncs_once_a_hold_stops_it
         Some("0")
     );
     let status = m.run(&["mw-experimental", "status"]);
+    let first = status.stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("last sync failed"),
+        "status's summary line does not say the sync failed: {first}"
+    );
     let last_sync = status
         .stdout
         .lines()
