@@ -39,7 +39,7 @@ fn observed(state: Option<&State>) -> Option<&serde_json::Value> {
         .filter(|o| o["image"].is_string())
 }
 
-/// The first line: the switch, convergence, the code's image, edits and holds.
+/// The first line: the switch, convergence, the code's image, edits, a failed last sync, holds.
 fn summary(cfg: &Config, state: Option<&State>, spool: &crate::hold::Spool) -> String {
     let mut parts = vec![format!("switch {}", if cfg.enabled { "on" } else { "off" })];
     if let Some(s) = state {
@@ -69,6 +69,13 @@ fn summary(cfg: &Config, state: Option<&State>, spool: &crate::hold::Spool) -> S
             ));
         }
         None => parts.push("code never synced".into()),
+    }
+    // A failed last sync leaves the tree at the image above: say so on the first line too.
+    if state
+        .and_then(|s| s.last_sync.as_ref())
+        .is_some_and(|r| r.result != "ok")
+    {
+        parts.push("last sync failed".into());
     }
     parts.push(match spool.active.len() {
         0 => "not held".into(),

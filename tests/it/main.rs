@@ -26,4 +26,5 @@ mod routing;
 mod support;
 mod sync;
 mod sync_model;
+mod systemd;
 mod watch;

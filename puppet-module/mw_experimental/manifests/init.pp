@@ -1,7 +1,11 @@
-# @summary An mw-experimental Kubernetes worker: package, configuration, fact, components, timer.
+# @summary An mw-experimental Kubernetes worker: package, configuration, fact, components, triggers.
 #
 # The package, the configuration, the external fact, one `mw_experimental_component` resource
-# per component that Puppet converges (`group`, `permissions`, `node`) and the code refresh timer.
+# per component that Puppet converges (`group`, `permissions`, `node`) and the units that start
+# the code refresh (`sync`): the hourly timer (the backstop), the path unit
+# (`mw-experimental-sync.path`, which starts the sync when the release file is replaced, through
+# a drop-in this class writes, or when the image-event file is touched) and, when no release file
+# is set, the watch service that touches that file on containerd's image events.
 #
 # Everything on the node is done by the `mw-experimental` binary; this class only writes its
 # configuration (from these parameters, which mirror the configuration file's keys) and declares
@@ -11,8 +15,8 @@
 # `--noop` runs only `plan`; a component that fails fails alone, with the tool's message.
 #
 # The switch is `enabled`. Off: `node` still converges, and removes the managed node labels and
-# taints (and only those); the timer is disabled and stopped; the code tree and the deployer group
-# are left exactly as they are.
+# taints (and only those); the timer, the path unit and the watch service are disabled and
+# stopped; the code tree and the deployer group are left exactly as they are.
 #
 # @example The WMF profile does this, with every value from Hiera
 #   class { 'mw_experimental':
@@ -22,8 +26,8 @@
 #   }
 #
 # @param enabled
-#   The switch. On: deployer group, code tree permissions, node labels and taints, timer running.
-#   Off: labels and taints removed, timer stopped; the tree and the group stay.
+#   The switch. On: deployer group, code tree permissions, node labels and taints, the sync's
+#   triggers running. Off: labels and taints removed, triggers stopped; the tree and the group stay.
 # @param node_name
 #   The Kubernetes Node object's name; `undef`: this host's name as the kubelet registers it.
 # @param code_path
@@ -64,7 +68,8 @@
 # @param image_release_file
 #   WMF's release values file that names the image to follow, e.g.
 #   `/etc/helmfile-defaults/mediawiki/release/mw-experimental-pinkllama-eqiad.yaml`
-#   (`image.release_file`); undef: the newest image.
+#   (`image.release_file`); undef: the newest image. Set, the path unit watches it (a drop-in in
+#   `/etc/systemd/system/mw-experimental-sync.path.d/release.conf`) and the watch service is off.
 # @param image_pull
 #   Whether `sync` pulls the release file's image through containerd when the node lacks it
 #   (`image.pull`).
@@ -77,13 +82,13 @@
 # @param package_ensure
 #   The package's `ensure`: `present`, `latest` or a version.
 # @param manage_timer
-#   Whether to manage the code refresh timer at all. False only where the package's systemd units
-#   are not installed (a binary put in place by hand, tests against a bare binary): the timer is
-#   then left alone.
+#   Whether to manage the sync's triggers at all (the timer, the path unit and its release file
+#   drop-in, the watch service). False only where the package's systemd units are not installed
+#   (a binary put in place by hand, tests against a bare binary): they are then left alone.
 # @param start_timer
-#   Whether to start or stop the timer as well as enable or disable it. Needs systemd as PID 1
+#   Whether to start or stop those units as well as enable or disable them. Needs systemd as PID 1
 #   (Puppet's systemd service provider). False, where systemd does not run (containers, CI): the
-#   timer is only enabled or disabled, with `systemctl`'s offline mode.
+#   units are only enabled or disabled, with `systemctl`'s offline mode.
 # @param binary
 #   The `mw-experimental` executable.
 # @param config_dir
@@ -132,6 +137,8 @@ class mw_experimental (
   $config_file = "${config_dir}/config.yaml"
   $kubeconfig_file = "${config_dir}/kubeconfig"
   $timer = 'mw-experimental-sync.timer'
+  $path_unit = 'mw-experimental-sync.path'
+  $watch = 'mw-experimental-watch.service'
   # The components Puppet converges; `code` is the timer's (`sync`), never Puppet's.
   $components = ['group', 'permissions', 'node']
 
@@ -212,7 +219,8 @@ class mw_experimental (
   }
 
   # Invoked as `mw_experimental`, the binary is the external fact (it reads only the state file).
-  ensure_resource('file', $facts_dir, { 'ensure' => 'directory' })
+  # Debian's facter package makes neither /etc/facter nor its facts.d: both, on a fresh node.
+  ensure_resource('file', [dirname($facts_dir), $facts_dir], { 'ensure' => 'directory' })
   file { "${facts_dir}/mw_experimental":
     ensure => link,
     target => $binary,
@@ -228,45 +236,93 @@ class mw_experimental (
     require => File[$config_file],
   }
 
-  # The code refresh timer: on after the components converged (sync needs the group and the
-  # tree), off before `node` removes the labels.
+  # What starts `sync` (the code refresh): the hourly timer, the path unit (a touched image-event
+  # file, or the release file replaced), and, when the node follows the newest image (no release
+  # file), the watch service that touches the image-event file on containerd's image events. On
+  # after the components converged (sync needs the group and the tree), off before `node` removes
+  # the labels.
   if $manage_timer {
-    if $start_timer {
-      $timer_ensure = $enabled ? { true => 'running', default => 'stopped' }
-      service { $timer:
-        ensure   => $timer_ensure,
-        enable   => $enabled,
-        provider => 'systemd',
+    $dropin_dir = "/etc/systemd/system/${path_unit}.d"
+    $dropin = "${dropin_dir}/release.conf"
+    # The release file, watched too: scap and rsync replace it by rename, which the path unit sees.
+    if $image_release_file =~ Undef {
+      file { $dropin:
+        ensure => absent,
       }
-      $timer_resource = Service[$timer]
+    } else {
+      file { $dropin_dir:
+        ensure => directory,
+        owner  => 'root',
+        group  => 'root',
+        mode   => '0755',
+      }
+      file { $dropin:
+        ensure  => file,
+        owner   => 'root',
+        group   => 'root',
+        mode    => '0644',
+        content => "# Managed by Puppet (class mw_experimental): start the sync when the release file changes.
+[Path]
+PathChanged=${image_release_file}
+",
+      }
+    }
+    # The watch service only where there is no release file to follow.
+    $units = {
+      $timer     => $enabled,
+      $path_unit => $enabled,
+      $watch     => $enabled and $image_release_file =~ Undef,
+    }
+    if $start_timer {
+      # systemd reads a changed drop-in only after a daemon-reload; the path unit is then
+      # restarted (it is subscribed to the drop-in) so it watches the new file.
+      exec { 'mw-experimental systemctl daemon-reload':
+        command     => ['systemctl', 'daemon-reload'],
+        path        => ['/usr/bin', '/bin'],
+        refreshonly => true,
+        subscribe   => File[$dropin],
+        before      => Service[$path_unit],
+      }
+      $unit_resources = $units.map |$unit, $on| {
+        $unit_ensure = $on ? { true => 'running', default => 'stopped' }
+        service { $unit:
+          ensure   => $unit_ensure,
+          enable   => $on,
+          provider => 'systemd',
+        }
+        Service[$unit]
+      }
+      File[$dropin] ~> Service[$path_unit]
     } else {
       # Without systemd as PID 1 Puppet's systemd provider is not functional (and the service type
       # would fall back to update-rc.d), so only the enablement is managed, with systemctl's offline
       # mode, which edits the [Install] symlinks without a running systemd.
       $systemctl = ['/usr/bin', '/bin']
-      if $enabled {
-        exec { "systemctl enable ${timer}":
-          command => ['systemctl', 'enable', $timer],
-          unless  => [['systemctl', 'is-enabled', '--quiet', $timer]],
-          path    => $systemctl,
+      $unit_resources = $units.map |$unit, $on| {
+        if $on {
+          exec { "systemctl enable ${unit}":
+            command => ['systemctl', 'enable', $unit],
+            unless  => [['systemctl', 'is-enabled', '--quiet', $unit]],
+            path    => $systemctl,
+          }
+          Exec["systemctl enable ${unit}"]
+        } else {
+          exec { "systemctl disable ${unit}":
+            command => ['systemctl', 'disable', $unit],
+            onlyif  => [['systemctl', 'is-enabled', '--quiet', $unit]],
+            path    => $systemctl,
+          }
+          Exec["systemctl disable ${unit}"]
         }
-        $timer_resource = Exec["systemctl enable ${timer}"]
-      } else {
-        exec { "systemctl disable ${timer}":
-          command => ['systemctl', 'disable', $timer],
-          onlyif  => [['systemctl', 'is-enabled', '--quiet', $timer]],
-          path    => $systemctl,
-        }
-        $timer_resource = Exec["systemctl disable ${timer}"]
       }
     }
     if $manage_package {
-      Package['mw-experimental'] -> $timer_resource
+      Package['mw-experimental'] -> File[$dropin] -> $unit_resources
     }
     if $enabled {
-      Mw_experimental_component[$components] -> $timer_resource
+      Mw_experimental_component[$components] -> $unit_resources
     } else {
-      $timer_resource -> Mw_experimental_component[$components]
+      $unit_resources -> Mw_experimental_component[$components]
     }
   }
 }

@@ -159,5 +159,6 @@ pub mod kube_api;
 pub mod oci;
 pub mod perm;
 pub mod puppet_stack;
+pub mod systemd;
 pub mod tls;
 pub mod web;

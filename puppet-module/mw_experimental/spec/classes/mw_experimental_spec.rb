@@ -6,6 +6,9 @@ describe 'mw_experimental' do
   let(:config) { '/etc/mw-experimental/config.yaml' }
   let(:kubeconfig) { '/etc/mw-experimental/kubeconfig' }
   let(:timer) { 'mw-experimental-sync.timer' }
+  let(:path_unit) { 'mw-experimental-sync.path' }
+  let(:watch) { 'mw-experimental-watch.service' }
+  let(:dropin) { '/etc/systemd/system/mw-experimental-sync.path.d/release.conf' }
 
   context 'with the defaults: the switch off' do
     it { is_expected.to compile.with_all_deps }
@@ -47,6 +50,8 @@ describe 'mw_experimental' do
       expect(catalogue).to contain_file('/etc/facter/facts.d/mw_experimental')
         .with_ensure('link').with_target('/usr/bin/mw-experimental')
       expect(catalogue).to contain_file('/etc/facter/facts.d').with_ensure('directory')
+      # A fresh Debian node has no /etc/facter either.
+      expect(catalogue).to contain_file('/etc/facter').with_ensure('directory')
     end
 
     it 'still converges each component (node removes the labels and taints), bounded' do
@@ -57,17 +62,23 @@ describe 'mw_experimental' do
       end
     end
 
-    it 'leaves code to the timer, and has no exec around the binary' do
+    it 'leaves code to the timer, and has no exec around the binary (only a daemon-reload on a changed drop-in)' do
       expect(catalogue).not_to contain_mw_experimental_component('code')
       execs = catalogue.resources.select { |r| r.type == 'Exec' }
-      expect(execs.map(&:title)).to eq([])
+      expect(execs.map(&:title)).to eq(['mw-experimental systemctl daemon-reload'])
+      expect(catalogue).to contain_exec('mw-experimental systemctl daemon-reload')
+        .with(command: %w[systemctl daemon-reload], refreshonly: true)
     end
 
-    it 'stops and disables the timer, before the apply' do
-      expect(catalogue).to contain_service(timer)
-        .with(ensure: 'stopped', enable: false, provider: 'systemd')
-        .that_comes_before('Mw_experimental_component[node]')
+    it 'stops and disables the timer, the path unit and the watch service, before the apply' do
+      [timer, path_unit, watch].each do |unit|
+        expect(catalogue).to contain_service(unit)
+          .with(ensure: 'stopped', enable: false, provider: 'systemd')
+          .that_comes_before('Mw_experimental_component[node]')
+      end
     end
+
+    it { is_expected.to contain_file(dropin).with_ensure('absent') }
 
     it 'never manages the code tree: engineers’ work stays' do
       expect(catalogue.resource('File', '/srv/mediawiki')).to be_nil
@@ -112,13 +123,43 @@ describe 'mw_experimental' do
       expect(leaks).to eq([])
     end
 
-    it 'starts and enables the timer after a converged apply' do
-      expect(catalogue).to contain_service(timer)
-        .with(ensure: 'running', enable: true, provider: 'systemd')
-        .that_requires('Mw_experimental_component[group]')
-        .that_requires('Mw_experimental_component[permissions]')
-        .that_requires('Mw_experimental_component[node]')
-        .that_requires('Package[mw-experimental]')
+    it 'starts and enables the timer, the path unit and (no release file) the watch service after a converged apply' do
+      [timer, path_unit, watch].each do |unit|
+        expect(catalogue).to contain_service(unit)
+          .with(ensure: 'running', enable: true, provider: 'systemd')
+          .that_requires('Mw_experimental_component[group]')
+          .that_requires('Mw_experimental_component[permissions]')
+          .that_requires('Mw_experimental_component[node]')
+          .that_requires('Package[mw-experimental]')
+      end
+    end
+
+    it { is_expected.to contain_file(dropin).with_ensure('absent') }
+  end
+
+  context 'with the switch on and a release file' do
+    let(:release) { '/etc/helmfile-defaults/mediawiki/release/mw-experimental-pinkllama-eqiad.yaml' }
+    let(:params) { { enabled: true, image_release_file: release } }
+
+    it { is_expected.to compile.with_all_deps }
+
+    it 'has the path unit watch the release file, in a drop-in' do
+      expect(catalogue).to contain_file(dropin).with(ensure: 'file', owner: 'root', mode: '0644')
+                                               .that_requires('Package[mw-experimental]')
+      content = catalogue.resource('File', dropin)[:content]
+      expect(content.lines.reject { |l| l.start_with?('#') }.join).to eq("[Path]\nPathChanged=#{release}\n")
+    end
+
+    it 'reloads systemd and restarts the path unit when the drop-in changes' do
+      expect(catalogue).to contain_exec('mw-experimental systemctl daemon-reload')
+        .that_subscribes_to("File[#{dropin}]").that_comes_before("Service[#{path_unit}]")
+      expect(catalogue).to contain_service(path_unit).with(ensure: 'running', enable: true)
+                                                     .that_subscribes_to("File[#{dropin}]")
+    end
+
+    it 'runs the timer, and stops the watch service (the release file names the image)' do
+      expect(catalogue).to contain_service(timer).with(ensure: 'running', enable: true)
+      expect(catalogue).to contain_service(watch).with(ensure: 'stopped', enable: false)
     end
   end
 
@@ -127,24 +168,29 @@ describe 'mw_experimental' do
 
     it { is_expected.to compile.with_all_deps }
     it { is_expected.not_to contain_service(timer) }
+    it { is_expected.not_to contain_service(path_unit) }
     it { is_expected.not_to contain_package('mw-experimental') }
 
-    it 'only enables the timer, with systemctl offline, checked by its exit code' do
-      expect(catalogue).to contain_exec("systemctl enable #{timer}").with(
-        command: ['systemctl', 'enable', timer],
-        unless: [['systemctl', 'is-enabled', '--quiet', timer]],
-      ).that_requires('Mw_experimental_component[node]')
+    it 'only enables the timer, the path unit and the watch service offline, checked by exit code' do
+      [timer, path_unit, watch].each do |unit|
+        expect(catalogue).to contain_exec("systemctl enable #{unit}").with(
+          command: ['systemctl', 'enable', unit],
+          unless: [['systemctl', 'is-enabled', '--quiet', unit]],
+        ).that_requires('Mw_experimental_component[node]')
+      end
     end
   end
 
   context 'without systemd as PID 1 (start_timer false), switch off' do
     let(:params) { { enabled: false, start_timer: false } }
 
-    it 'disables the timer if it is enabled, before the apply' do
-      expect(catalogue).to contain_exec("systemctl disable #{timer}").with(
-        command: ['systemctl', 'disable', timer],
-        onlyif: [['systemctl', 'is-enabled', '--quiet', timer]],
-      ).that_comes_before('Mw_experimental_component[node]')
+    it 'disables the timer, the path unit and the watch service if they are enabled, before the apply' do
+      [timer, path_unit, watch].each do |unit|
+        expect(catalogue).to contain_exec("systemctl disable #{unit}").with(
+          command: ['systemctl', 'disable', unit],
+          onlyif: [['systemctl', 'is-enabled', '--quiet', unit]],
+        ).that_comes_before('Mw_experimental_component[node]')
+      end
     end
   end
 
@@ -153,8 +199,10 @@ describe 'mw_experimental' do
 
     it { is_expected.to compile.with_all_deps }
 
-    it 'leaves the timer alone, and still converges every component' do
+    it 'leaves the timer, the path unit and its drop-in alone, and still converges every component' do
       expect(catalogue).not_to contain_service(timer)
+      expect(catalogue).not_to contain_service(path_unit)
+      expect(catalogue).not_to contain_file(dropin)
       expect(catalogue.resources.select { |r| r.type == 'Exec' }).to eq([])
       %w[group permissions node].each { |c| expect(catalogue).to contain_mw_experimental_component(c) }
     end
