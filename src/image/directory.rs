@@ -42,6 +42,13 @@ pub(super) fn open(cfg: &Config) -> Result<Image> {
     for b in &bad {
         log::warn!("image directory: skipped {b:?}: its name is not UTF-8");
     }
+    let (paths, nodes) = tree.heap_bytes();
+    log::debug!(
+        "the image tree: {} entries, {} MiB of paths, {} MiB of nodes",
+        tree.len(),
+        paths >> 20,
+        nodes >> 20
+    );
     Ok(Image {
         reference: location.display().to_string(),
         digest,
