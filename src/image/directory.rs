@@ -4,6 +4,7 @@
 //! `sync` asks. It must never follow a symlink (every directory and file is opened from its
 //! parent's fd with `O_NOFOLLOW`), never descend into another filesystem, and never write.
 
+use super::tree::{check_arena, intern, Node};
 use super::{clean_mode, Backend, Entry, Image, Kind, Tree};
 use crate::config::Config;
 use crate::fs::at;
@@ -41,6 +42,13 @@ pub(super) fn open(cfg: &Config) -> Result<Image> {
     for b in &bad {
         log::warn!("image directory: skipped {b:?}: its name is not UTF-8");
     }
+    let (paths, nodes) = tree.heap_bytes();
+    log::debug!(
+        "the image tree: {} entries, {} MiB of paths, {} MiB of nodes",
+        tree.len(),
+        paths >> 20,
+        nodes >> 20
+    );
     Ok(Image {
         reference: location.display().to_string(),
         digest,
@@ -49,17 +57,16 @@ pub(super) fn open(cfg: &Config) -> Result<Image> {
     })
 }
 
-/// One scanned entry of a directory image, with what the digest also covers.
-struct Scanned {
-    rel: String,
-    entry: Entry,
-    ctime: (i64, i64),
-    ino: u64,
-}
-
 /// Scans a directory image with a few threads (the shared walker, one visitor per thread): its
 /// tree, and the digest over the sorted listing (path, type, mode, size, mtime, ctime, inode,
 /// target).
+///
+/// Memory: this is the peak of a `directory` sync's first phase, so each thread appends its
+/// paths to one arena and its entries to one vector of tree nodes (no `String` per path), the
+/// threads' parts are concatenated (the large buffers grow in place), and the nodes are put in
+/// path order by sorting a vector of `u32` indices and applying that permutation in place. What
+/// the digest also covers (inode, ctime) rides along: the inode in the node's `pos` (0 in the
+/// tree handed out), the ctime in one small vector.
 pub(super) fn scan(root: BorrowedFd<'_>) -> Result<(Tree, String, Vec<String>)> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -70,54 +77,113 @@ pub(super) fn scan(root: BorrowedFd<'_>) -> Result<(Tree, String, Vec<String>)> 
         ..Default::default()
     };
     let workers = walk.parallel(root, "", ScanVisitor::default)?;
-    let mut all: Vec<Scanned> = Vec::new();
+    let mut arena = String::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut ctimes: Vec<(i64, u32)> = Vec::new();
     let mut bad = Vec::new();
-    for w in workers {
-        all.extend(w.out);
+    for mut w in workers {
+        if nodes.is_empty() {
+            (arena, nodes) = (std::mem::take(&mut w.arena), std::mem::take(&mut w.nodes));
+            ctimes = std::mem::take(&mut w.ctimes);
+        }
+        // The rest are moved over from their end, a chunk of nodes and their paths at a time,
+        // each thread's buffers shrinking as they go: copying a thread's part whole would
+        // hold it twice. (A thread's paths are in the order of its nodes, back to back.)
+        while !w.nodes.is_empty() {
+            let from = w.nodes.len().saturating_sub(8192);
+            let start = w.nodes[from].off as usize;
+            let (base, _) = intern(&mut arena, &w.arena[start..])?;
+            let shift = base - start as u32;
+            nodes.extend(w.nodes.drain(from..).map(|mut n| {
+                n.off += shift;
+                n
+            }));
+            ctimes.extend(w.ctimes.drain(from..));
+            w.arena.truncate(start);
+            w.arena.shrink_to_fit();
+            w.nodes.shrink_to_fit();
+        }
         bad.extend(w.bad);
     }
-    all.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+    let path = |n: &Node| &arena[n.off as usize..(n.off + n.len) as usize];
+    let mut order: Vec<u32> = (0..nodes.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| path(&nodes[a as usize]).cmp(path(&nodes[b as usize])));
     let mut listing = blake3::Hasher::new();
     let mut line = String::new();
-    for s in &all {
+    for &k in &order {
         use std::fmt::Write as _;
+        let (n, ctime) = (&nodes[k as usize], ctimes[k as usize]);
+        let e = &n.entry;
         line.clear();
-        let e = &s.entry;
         let _ = writeln!(
             line,
             "{}\0{}\0{:o}\0{}\0{}.{}\0{}.{}\0{}\0{}",
-            s.rel,
+            path(n),
             e.kind.letter(),
             e.mode,
             e.size,
             e.mtime,
             e.mtime_nsec,
-            s.ctime.0,
-            s.ctime.1,
-            s.ino,
+            ctime.0,
+            ctime.1,
+            n.pos,
             e.target.as_deref().unwrap_or("")
         );
         listing.update(line.as_bytes());
     }
+    drop(ctimes);
     let digest = format!("blake3:{}", listing.finalize().to_hex());
-    let tree = Tree::from_sorted(all.into_iter().map(|s| (s.rel, s.entry, 0)).collect())?;
-    Ok((tree, digest, bad))
+    permute(&mut nodes, &mut order);
+    drop(order);
+    for n in &mut nodes {
+        n.pos = 0;
+    }
+    arena.shrink_to_fit();
+    nodes.shrink_to_fit();
+    Ok((Tree::from_parts(arena, nodes), digest, bad))
 }
 
-/// One thread's part of a directory image scan.
+/// Puts `v` in the order `order` gives (`v[k]` becomes the old `v[order[k]]`) in place, one
+/// cycle at a time; `order` is used up (each done position is marked by pointing at itself).
+fn permute<T>(v: &mut [T], order: &mut [u32]) {
+    for start in 0..v.len() {
+        let mut cur = start;
+        loop {
+            let next = order[cur] as usize;
+            order[cur] = cur as u32;
+            if next == start || next == cur {
+                break;
+            }
+            v.swap(cur, next);
+            cur = next;
+        }
+    }
+}
+
+/// One thread's part of a directory image scan: its paths in one arena, its entries as tree
+/// nodes (`pos` holds the inode until the scan ends), their ctimes beside them.
 #[derive(Default)]
 struct ScanVisitor {
-    out: Vec<Scanned>,
+    arena: String,
+    nodes: Vec<Node>,
+    ctimes: Vec<(i64, u32)>,
     bad: Vec<String>,
 }
 
 impl crate::fs::walk::Visitor for ScanVisitor {
     fn entry(&mut self, e: &crate::fs::walk::Entry<'_>) -> Result<bool> {
-        let Some(rel) = e.rel_utf8() else {
+        let Some(name) = e.name_str() else {
             self.bad.push(e.rel());
             return Ok(false);
         };
-        let Some(st) = e.lstat().with_context(|| format!("lstat {rel:?}"))? else {
+        let rel = || {
+            if e.parent_rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{}/{name}", e.parent_rel)
+            }
+        };
+        let Some(st) = e.lstat().with_context(|| format!("lstat {:?}", rel()))? else {
             return Ok(false);
         };
         let kind = match at::file_type(&st) {
@@ -128,12 +194,23 @@ impl crate::fs::walk::Visitor for ScanVisitor {
         };
         let target = if kind == Kind::Symlink {
             let t = rustix::fs::readlinkat(e.dir, e.name, Vec::new())
-                .with_context(|| format!("reading the symlink {rel:?}"))?;
+                .with_context(|| format!("reading the symlink {:?}", rel()))?;
             Some(String::from_utf8_lossy(t.as_bytes()).into_owned())
         } else {
             None
         };
-        self.out.push(Scanned {
+        let off = self.arena.len();
+        if !e.parent_rel.is_empty() {
+            self.arena.push_str(e.parent_rel);
+            self.arena.push('/');
+        }
+        self.arena.push_str(name);
+        let end = self.arena.len();
+        check_arena(end)?;
+        self.nodes.push(Node {
+            off: off as u32,
+            len: (end - off) as u32,
+            pos: st.st_ino,
             entry: Entry {
                 kind,
                 mode: clean_mode(kind, st.st_mode),
@@ -147,10 +224,8 @@ impl crate::fs::walk::Visitor for ScanVisitor {
                 hash: None,
                 target,
             },
-            ctime: (st.st_ctime, st.st_ctime_nsec as i64),
-            ino: st.st_ino,
-            rel,
         });
+        self.ctimes.push((st.st_ctime, st.st_ctime_nsec as u32));
         Ok(kind == Kind::Dir)
     }
 }
@@ -202,4 +277,22 @@ fn open_in_directory(dc: &mut at::DirCache, rel: &str, location: &Path) -> Resul
         )
     })?;
     Ok(std::fs::File::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::permute;
+
+    #[test]
+    fn permute_puts_each_item_where_the_order_says() {
+        // v[k] becomes the old v[order[k]]: cycles of several lengths and a fixed point.
+        let mut v = vec!['a', 'b', 'c', 'd', 'e', 'f'];
+        let mut order = vec![2, 0, 1, 3, 5, 4];
+        permute(&mut v, &mut order);
+        assert_eq!(v, ['c', 'a', 'b', 'd', 'f', 'e']);
+        let mut v: Vec<u32> = (0..1000).rev().collect();
+        let mut order: Vec<u32> = (0..1000).rev().collect();
+        permute(&mut v, &mut order);
+        assert_eq!(v, (0..1000).collect::<Vec<u32>>());
+    }
 }

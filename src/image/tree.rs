@@ -31,6 +31,13 @@ pub struct Tree {
 pub(super) fn intern(arena: &mut String, s: &str) -> Result<(u32, u32)> {
     let off = arena.len();
     let end = off + s.len();
+    check_arena(end)?;
+    arena.push_str(s);
+    Ok((off as u32, s.len() as u32))
+}
+
+/// An error when an arena of `end` bytes could not be addressed by a node's u32 offset.
+pub(super) fn check_arena(end: usize) -> Result<()> {
     if end > u32::MAX as usize {
         bail!(
             "the image tree's paths pass 4 GiB ({} bytes so far): too many or too long paths for \
@@ -38,13 +45,14 @@ pub(super) fn intern(arena: &mut String, s: &str) -> Result<(u32, u32)> {
             end
         );
     }
-    arena.push_str(s);
-    Ok((off as u32, s.len() as u32))
+    Ok(())
 }
 
 impl Tree {
     /// Builds a tree from entries sorted by path with no duplicates; the `u64` is where the
-    /// content is (layered images: layer and tar index; 0 elsewhere).
+    /// content is (layered images: layer and tar index; 0 elsewhere). (The sources build their
+    /// trees from an arena and nodes, with [`Tree::from_parts`]; this is for the tests.)
+    #[cfg(test)]
     pub(super) fn from_sorted(nodes: Vec<(String, Entry, u64)>) -> Result<Tree> {
         debug_assert!(nodes.windows(2).all(|w| w[0].0 < w[1].0));
         let mut t = Tree {

@@ -281,11 +281,19 @@ impl<'a> Engine<'a> {
                     let m = old.entry()?;
                     let e = self.tree.entry(j);
                     // The common case, settled without a copy: the image did not change it.
-                    // (A file's entry must carry its hash: the `directory` source hashes
-                    // lazily, and its same size and mtime are settled in `decide`.)
+                    // A file of the `directory` source, which hashes lazily, carries no hash:
+                    // like rsync's quick check (and `decide`'s), the same size and mtime are
+                    // the same file, and the manifest's line, hash and all, stays. (Sent on
+                    // to `decide`, it would do the same, and hold its old entry till then.)
                     let unchanged = !self.opts.all_changed
-                        && (e.kind != crate::image::Kind::File || e.hash.is_some())
-                        && e == &m.e;
+                        && if e.kind == crate::image::Kind::File && e.hash.is_none() {
+                            m.e.hash.is_some()
+                                && (e.kind, e.mode, e.size, e.mtime, e.mtime_nsec)
+                                    == (m.e.kind, m.e.mode, m.e.size, m.e.mtime, m.e.mtime_nsec)
+                                && e.target == m.e.target
+                        } else {
+                            e == &m.e
+                        };
                     if !unchanged {
                         todo.push(j as u32);
                         if olds.len() < KEEP_OLD && !reread {
@@ -356,17 +364,28 @@ impl<'a> Engine<'a> {
             .filter(|&i| self.slots[i] == Slot::QUEUED)
             .collect();
         if !self.opts.dry_run && !wanted.is_empty() {
+            // While the tree is lent to the fetch, the hashes of files written without one
+            // wait aside. Only the `directory` source has such files (every one on a first
+            // sync), and it opens each file on its own, so it is fetched a few thousand files
+            // at a time and the hashes go into the tree in between: they are then never held
+            // twice. Layered images carry every hash and are read in one pass over the layers.
+            let chunk = match self.cfg.image.source {
+                crate::config::ImageSource::Directory => 4096,
+                _ => wanted.len(),
+            };
             let image = self.image;
-            let tree = std::mem::take(&mut self.tree);
-            self.hashes = Some(Vec::new());
-            let r = image.fetch(&tree, &wanted, &mut |i, r| {
-                self.write_file(&mut dc, &tree, i, r)
-            });
-            self.tree = tree;
-            for (i, h) in self.hashes.take().unwrap_or_default() {
-                self.tree.entry_mut(i as usize).hash = Some(h);
+            for part in wanted.chunks(chunk) {
+                let tree = std::mem::take(&mut self.tree);
+                self.hashes = Some(Vec::new());
+                let r = image.fetch(&tree, part, &mut |i, r| {
+                    self.write_file(&mut dc, &tree, i, r)
+                });
+                self.tree = tree;
+                for (i, h) in self.hashes.take().unwrap_or_default() {
+                    self.tree.entry_mut(i as usize).hash = Some(h);
+                }
+                r?;
             }
-            r?;
         } else {
             for &i in &wanted {
                 let p = self.tree.path(i).to_string();
