@@ -6,8 +6,6 @@
 #![allow(dead_code)]
 
 use super::web::{free_port, listening, Daemon, Response};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -140,25 +138,5 @@ impl Origin {
 
 /// One HTTP/1.0 GET to `127.0.0.1:port` with `Host: 127.0.0.1:port` and `headers`.
 pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok(Response {
-        status,
-        body: body.to_string(),
-    })
+    super::web::http_get_with("127.0.0.1", port, path, headers, Duration::from_secs(30))
 }

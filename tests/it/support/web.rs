@@ -270,9 +270,25 @@ pub struct Response {
 
 /// One HTTP/1.0 GET (a fresh connection: no keep-alive state between requests).
 pub fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<Response> {
+    http_get_with(host, port, path, &[], Duration::from_secs(10))
+}
+
+/// One HTTP/1.0 GET with extra request headers, waiting at most `limit` for each read.
+pub fn http_get_with(
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    limit: Duration,
+) -> std::io::Result<Response> {
     let mut s = TcpStream::connect((host, port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    s.set_read_timeout(Some(limit))?;
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
