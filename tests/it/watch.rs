@@ -19,6 +19,8 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// The file's text (empty when missing). The trigger is created, then written: a test waits for
+/// its whole line (ending in a newline), not for the file to exist.
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
@@ -74,7 +76,7 @@ fn a_new_image_of_the_repository_touches_the_trigger_and_others_do_not() {
     // containerd does not say when a subscription is in place, so the import is repeated
     // (an update event then) until the first touch, within a bound.
     let t = Instant::now();
-    while !trigger.exists() {
+    while !read(&trigger).ends_with('\n') {
         assert!(
             t.elapsed() < Duration::from_secs(20),
             "no trigger: {}",
@@ -154,7 +156,7 @@ fn a_containerd_restart_is_followed_again_with_one_touch() {
     assert!(!trigger.exists(), "{}", read(&log));
     let ctrd2 = Containerd::start_at(&sock);
     let t = Instant::now();
-    while !trigger.exists() {
+    while !read(&trigger).ends_with('\n') {
         assert!(
             t.elapsed() < Duration::from_secs(15),
             "no trigger after the restart: {}",
