@@ -107,11 +107,11 @@ pub fn render(
         }
     }
     if spool.active.is_empty() {
-        let _ = writeln!(out, "  holds:    none: the next hourly sync will run");
+        let _ = writeln!(out, "  holds:    none: the tree follows each new image");
     } else {
         let _ = writeln!(
             out,
-            "  HELD:     the hourly sync is paused ({} hold{}):",
+            "  HELD:     the code refresh is paused ({} hold{}):",
             spool.active.len(),
             if spool.active.len() == 1 { "" } else { "s" }
         );
@@ -129,7 +129,7 @@ pub fn render(
     );
     let _ = writeln!(
         out,
-        "            mw-experimental hold --reason TEXT [--for 8h]; release   pause / resume the hourly sync"
+        "            mw-experimental hold --reason TEXT [--for 8h]; release   pause / resume the code refresh"
     );
     out
 }
