@@ -42,13 +42,7 @@ pub(super) fn open(cfg: &Config) -> Result<Image> {
     for b in &bad {
         log::warn!("image directory: skipped {b:?}: its name is not UTF-8");
     }
-    let (paths, nodes) = tree.heap_bytes();
-    log::debug!(
-        "the image tree: {} entries, {} MiB of paths, {} MiB of nodes",
-        tree.len(),
-        paths >> 20,
-        nodes >> 20
-    );
+    tree.log_size();
     Ok(Image {
         reference: location.display().to_string(),
         digest,

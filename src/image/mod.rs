@@ -302,13 +302,7 @@ impl Image {
             ),
             notes,
         )?;
-        let (paths, nodes) = tree.heap_bytes();
-        log::debug!(
-            "the image tree: {} entries, {} MiB of paths, {} MiB of nodes",
-            tree.len(),
-            paths >> 20,
-            nodes >> 20
-        );
+        tree.log_size();
         Ok(tree)
     }
 

@@ -133,6 +133,18 @@ impl Tree {
             self.nodes.capacity() * std::mem::size_of::<Node>(),
         )
     }
+
+    /// Says in the debug log how large the tree is (`sync -v` prints it beside each phase's
+    /// peak memory), whichever source built it.
+    pub fn log_size(&self) {
+        let (paths, nodes) = self.heap_bytes();
+        log::debug!(
+            "the image tree: {} entries, {} MiB of paths, {} MiB of nodes",
+            self.len(),
+            paths >> 20,
+            nodes >> 20
+        );
+    }
 }
 
 #[cfg(test)]
