@@ -81,6 +81,18 @@ pub struct Census {
     pub recent: Vec<Edit>,
 }
 
+impl Census {
+    /// The census of a tree with no edits, counted now.
+    pub fn none() -> Census {
+        Census {
+            counted_at: crate::state::now().0,
+            total: 0,
+            by_editor: Vec::new(),
+            recent: Vec::new(),
+        }
+    }
+}
+
 /// How many of the newest edits the census keeps (the fact goes to PuppetDB on every run).
 pub const RECENT: usize = 20;
 

@@ -14,9 +14,10 @@
 //! * gone from the image: deleted only if the live entry equals the manifest;
 //! * not in the manifest (an engineer's file): kept.
 //!
-//! The same image digest as the last sync ends the run before the live tree is written (it is
-//! read only when the census of edits per editor is 50 minutes old: [`editors`], through
-//! `diff`'s scan). Every
+//! The same image digest as the last sync ends the run before the live tree is written. The
+//! live tree is read whole only for the census of edits per editor ([`editors`], through
+//! `diff`'s scan), after a sync that kept an edit or when the last census is 50 minutes old; a
+//! sync into a missing or empty tree records no edits without a scan. Every
 //! directory is opened from its parent's fd with `O_NOFOLLOW|O_DIRECTORY` ([`crate::fs::at`]): a
 //! live path component that is a symlink or a file stops that subtree, reported. Temp files are
 //! listed in `state_dir/sync/journal` before they are created, so the next run removes what a
@@ -240,7 +241,18 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
             files: out.files,
             local_edits: out.kept,
             release_file,
-            edits: count_edits(cfg),
+            // Into a tree that was empty, every entry was just written: no edits, and no
+            // scan. Otherwise the census is taken again when this sync kept an edit the new
+            // image changes (news its editor should see), or, as for an unchanged image, when
+            // the last one is 50 minutes old: it reads every entry, which a deploy's sync (a
+            // small layer at a million entries: about a second) should not pay each time.
+            edits: if out.fresh && out.kept == 0 {
+                Some(Census::none())
+            } else if out.kept > 0 || census_due(last.as_ref().and_then(|l| l.edits.as_ref())) {
+                count_edits(cfg)
+            } else {
+                last.as_ref().and_then(|l| l.edits.clone())
+            },
         };
         l.write(cfg)?;
         plan.metrics

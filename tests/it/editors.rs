@@ -193,20 +193,40 @@ fn diff_status_the_banner_and_the_fact_name_who_changed_each_edit_and_when() {
         .code(1)
         .stderr_has("listing every edit");
 
-    // The census the next sync takes: one that writes a new image's changes (an
-    // unchanged-image sync takes it only when the last one is 50 minutes old, so the scan is not
-    // paid on every event).
+    // The census a sync takes when the last one is 50 minutes old (so the scan is not paid on
+    // every event of a deploy) or when it kept an edit: not by a sync just after the first, of
+    // the same image or of a new one that keeps no edit, but by the next sync once it has aged.
+    let total = |n: &Node| {
+        as_root(n, None, &["facts"]).json()["mw_experimental"]["code"]["edits"]["total"].clone()
+    };
     n.w.run(&["sync"]).code(0);
-    let before = as_root(&n, None, &["facts"]).json()["mw_experimental"]["code"]["edits"].clone();
     assert_eq!(
-        before["total"], 0,
-        "an unchanged sync just after the first recounted: {before:#}"
+        total(&n),
+        0,
+        "an unchanged sync just after the first recounted"
     );
     put(
         &n.img,
         "srv/mediawiki/docs/RELEASE-NOTES.txt",
         "a new image\n",
     );
+    let o = n.w.run(&["sync"]);
+    o.code(0);
+    assert!(
+        format!("{}{}", o.stdout, o.stderr).contains(" written"),
+        "{}{}",
+        o.stdout,
+        o.stderr
+    );
+    assert_eq!(
+        total(&n),
+        0,
+        "a new image's sync just after the first recounted"
+    );
+    let last = n.w.state_dir.join("sync/last.json");
+    let mut l: Value = serde_json::from_str(&std::fs::read_to_string(&last).unwrap()).unwrap();
+    l["edits"]["counted_at"] = "2026-01-01T00:00:00Z".into();
+    std::fs::write(&last, l.to_string()).unwrap();
     n.w.run(&["sync"]).code(0);
     let fact = as_root(&n, None, &["facts"]).json();
     let edits = &fact["mw_experimental"]["code"]["edits"];

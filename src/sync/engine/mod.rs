@@ -100,6 +100,9 @@ pub(super) struct Outcome {
     notes: Vec<String>,
     pub(super) files: u64,
     pub(super) kept: u64,
+    /// The code tree was missing or empty when the run began: everything in it now was
+    /// written by this run, so it holds no edit.
+    pub(super) fresh: bool,
 }
 
 impl Outcome {
@@ -221,6 +224,17 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Whether the code tree is missing or an empty directory (not a symlink), before the run
+    /// touches it.
+    fn tree_is_fresh(&self) -> bool {
+        match at::open_dir_path(&self.cfg.code.path) {
+            Err(e) => e == Errno::NOENT,
+            Ok(fd) => rustix::fs::Dir::read_from(&fd).is_ok_and(|mut d| {
+                d.all(|e| e.is_ok_and(|e| matches!(e.file_name().to_bytes(), b"." | b"..")))
+            }),
+        }
+    }
+
     fn open_root(&self) -> Result<DirCache> {
         let path = &self.cfg.code.path;
         let fd = match at::open_dir_path(path) {
@@ -246,6 +260,7 @@ impl<'a> Engine<'a> {
 
     pub(super) fn run(mut self) -> Result<Outcome> {
         let t0 = Instant::now();
+        let fresh = self.tree_is_fresh();
         let mut dc = self.open_root()?;
         let files = self.tree.len() as u64;
         // One pass over the old manifest beside the tree (both sorted): what the image dropped
@@ -440,6 +455,7 @@ impl<'a> Engine<'a> {
             notes: self.notes,
             files,
             kept: self.kept,
+            fresh,
         })
     }
 }
