@@ -36,6 +36,7 @@ mod layers;
 mod merge;
 mod oci;
 pub mod release;
+mod snapshots;
 pub mod tag;
 mod tree;
 mod verify;
@@ -121,6 +122,8 @@ enum Backend {
         max_layer_entries: u64,
         /// What each layer chain contributed, in `state_dir/layers` (`None`: off).
         cache: Option<layer_cache::LayerCache>,
+        /// The snapshots containerd unpacked, when the tree is read from them (`image.read`).
+        view: Option<snapshots::View>,
     },
 }
 
@@ -281,6 +284,7 @@ impl Image {
             max_layer_bytes,
             max_layer_entries,
             cache,
+            view,
         } = &self.backend
         else {
             let Backend::Directory { root, .. } = &self.backend else {
@@ -288,6 +292,11 @@ impl Image {
             };
             return Ok(directory::scan(root.as_fd())?.0);
         };
+        if let Some(v) = view {
+            let tree = snapshots::tree(v, prefix, &self.reference, notes)?;
+            tree.log_size();
+            return Ok(tree);
+        }
         let tree = layers::tree(
             store,
             layers,
@@ -327,6 +336,11 @@ impl Image {
             Backend::Directory { root, location } => {
                 directory::fetch(root.as_fd(), location, tree, wanted, f)
             }
+            Backend::Layers {
+                view: Some(v),
+                prefix,
+                ..
+            } => snapshots::fetch(v, prefix, tree, wanted, f),
             Backend::Layers {
                 store,
                 layers,

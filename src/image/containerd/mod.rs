@@ -288,6 +288,69 @@ impl Client {
         }))
     }
 
+    /// A read-only view (`key`) of the committed snapshot `parent` in `snapshotter`, created
+    /// under this client's lease (containerd adds it to the lease, so garbage collection keeps
+    /// it and the chain below it while it is read; an expired lease lets it go): its mounts
+    /// as (type, source, options). `None` when that snapshotter has no such snapshot.
+    pub(super) fn snapshot_view(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        parent: &str,
+    ) -> Result<Option<Vec<(String, String, Vec<String>)>>> {
+        let lease = self.lease()?;
+        let mut c = api::snapshots::snapshots_client::SnapshotsClient::new(self.0.channel.clone());
+        let req = self.request(
+            api::snapshots::ViewSnapshotRequest {
+                snapshotter: snapshotter.to_string(),
+                key: key.to_string(),
+                parent: parent.to_string(),
+                labels: Default::default(),
+            },
+            Some(&lease),
+        )?;
+        let fut = async move { c.view(req).await };
+        let r = self
+            .0
+            .rt
+            .block_on(async { tokio::time::timeout(CALL_TIMEOUT, fut).await });
+        let what = format!("taking a view of the snapshot {parent} ({snapshotter})");
+        match r {
+            Ok(Ok(v)) => Ok(Some(
+                v.into_inner()
+                    .mounts
+                    .into_iter()
+                    .map(|m| (m.r#type, m.source, m.options))
+                    .collect(),
+            )),
+            // No such parent, or no such snapshotter in this containerd.
+            Ok(Err(st)) if matches!(st.code(), Code::NotFound | Code::FailedPrecondition) => {
+                log::debug!("{what}: {}", st.message());
+                Ok(None)
+            }
+            Ok(Err(st)) => Err(self.explain(&what, &st)),
+            Err(_) => bail!("{what}: {} did not answer", self.describe()),
+        }
+    }
+
+    /// Removes the view `key` (the snapshot a run took to read; never an image's own).
+    pub(super) fn snapshot_remove(&self, snapshotter: &str, key: &str) -> Result<()> {
+        let mut c = api::snapshots::snapshots_client::SnapshotsClient::new(self.0.channel.clone());
+        let req = self.request(
+            api::snapshots::RemoveSnapshotRequest {
+                snapshotter: snapshotter.to_string(),
+                key: key.to_string(),
+            },
+            None,
+        )?;
+        self.call(
+            &format!("removing the view {key} ({snapshotter})"),
+            CALL_TIMEOUT,
+            async move { c.remove(req).await },
+        )?;
+        Ok(())
+    }
+
     /// Pulls `reference` through the CRI image service on the same socket, as the kubelet
     /// does; cancelled at `timeout`. containerd resolves, authenticates (its CRI registry
     /// configuration) and unpacks; the CRI plugin always pulls into its own namespace (k8s.io).
