@@ -1,0 +1,308 @@
+//! The containerd source's read paths against a real containerd that unpacked the image itself
+//! (`ctr images import` unpacks as the kubelet's pull does): the layer blobs, the snapshots
+//! (overlayfs and native snapshotters), and a plain directory copy of the same root give the
+//! same synced tree (contents, modes, symlinks, a whiteout of an upper layer, a directory
+//! replaced whole); an image whose snapshots were removed through containerd still syncs with
+//! `image.read: auto` and fails clearly with `snapshots`.
+
+use crate::support::containerd::Containerd;
+use crate::support::oci::{put, Layout};
+use crate::support::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+const REPO: &str = "docker-registry.discovery.wmnet/restricted/mediawiki-multiversion";
+const V1: &str = "2026-11-30-101010-publish-1";
+const V2: &str = "2026-11-30-101010-publish-2";
+const V3: &str = "2026-11-30-101010-publish-3";
+
+fn ctr(ctrd: &Containerd, args: &[&str]) -> String {
+    sh(Command::new("ctr")
+        .arg("--address")
+        .arg(&ctrd.socket)
+        .args(["--namespace", "k8s.io"])
+        .args(args))
+}
+
+/// Three layers: the second removes a file and a directory (whiteouts), changes a mode and a
+/// symlink; the third (a tar of our own: umoci writes no opaque markers) makes a directory
+/// opaque, hiding what the lower layers had in it.
+fn layout(parent: &Path) -> Layout {
+    let l = Layout::new(parent);
+    l.image(V1, None, |r| {
+        let t = r.join("srv/mediawiki");
+        put(&t, "index.php", "<?php // v1\n");
+        put(&t, "gone.php", "removed in v2\n");
+        put(&t, "old/a.php", "a\n");
+        put(&t, "old/b.php", "b\n");
+        put(&t, "replaced/one.php", "one\n");
+        put(&t, "replaced/sub/two.php", "two\n");
+        put(&t, "bin/run", "#!/bin/sh\necho run\n");
+        std::fs::set_permissions(t.join("bin/run"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::os::unix::fs::symlink("index.php", t.join("link")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", t.join("out")).unwrap();
+        put(r, "etc/outside", "not in the tree\n");
+    });
+    l.image(V2, Some(V1), |r| {
+        let t = r.join("srv/mediawiki");
+        std::fs::remove_file(t.join("gone.php")).unwrap();
+        std::fs::remove_dir_all(t.join("old")).unwrap();
+        std::fs::remove_dir_all(t.join("replaced")).unwrap();
+        put(&t, "replaced/three.php", "three\n");
+        put(&t, "index.php", "<?php // v2\n");
+        std::fs::set_permissions(t.join("bin"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::fs::remove_file(t.join("link")).unwrap();
+        std::os::unix::fs::symlink("bin/run", t.join("link")).unwrap();
+    });
+    let mut b = tar::Builder::new(Vec::new());
+    let mut entry = |name: &str, dir: bool, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(if dir {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        });
+        h.set_mode(if dir { 0o755 } else { 0o644 });
+        h.set_mtime(1_764_000_000);
+        h.set_size(data.len() as u64);
+        h.set_path(name).unwrap();
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    };
+    entry("srv/mediawiki/replaced/", true, b"");
+    entry("srv/mediawiki/replaced/.wh..wh..opq", false, b"");
+    entry("srv/mediawiki/replaced/four.php", false, b"four\n");
+    let layer = parent.join(unique("opq.tar"));
+    std::fs::write(&layer, b.into_inner().unwrap()).unwrap();
+    sh(Command::new("umoci")
+        .args(["tag", "--image"])
+        .arg(format!("{}:{V2}", l.dir.display()))
+        .arg(V3));
+    sh(Command::new("umoci")
+        .args(["raw", "add-layer", "--image"])
+        .arg(format!("{}:{V3}", l.dir.display()))
+        .arg(&layer));
+    l
+}
+
+/// A world syncing from containerd with `image.read: read`.
+fn world(ctrd: &Containerd, read: &str) -> World {
+    let w = World::new("");
+    w.write_config(&format!(
+        "enabled: true\nimage: {{ source: containerd, containerd_address: {}, read: {read}, layer_cache_bytes: 0 }}\n",
+        ctrd.socket.display()
+    ));
+    w
+}
+
+/// Every entry below `root`: path, type, mode, size, symlink target (`find -printf`).
+fn listing(root: &Path) -> String {
+    if !root.exists() {
+        return String::new();
+    }
+    let out =
+        sh(Command::new("find")
+            .arg(root)
+            .args(["-mindepth", "1", "-printf", "%P %y %m %s %l\n"]));
+    let mut v: Vec<&str> = out.lines().collect();
+    v.sort_unstable();
+    v.join("\n")
+}
+
+/// The two trees are the same: `diff -r --no-dereference` and the listing (modes included).
+fn same_tree(a: &Path, b: &Path, what: &str) {
+    let d = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        d.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&d.stdout)
+    );
+    assert_eq!(listing(a), listing(b), "{what}");
+}
+
+fn sync_ok(w: &World) -> Out {
+    let out = w.run(&["-v", "sync"]);
+    out.code(0);
+    out
+}
+
+fn read_paths_give_the_same_tree(snapshotter: &str) {
+    let ctrd = Containerd::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let l = layout(scratch.path());
+    ctrd.import_unpacked(&l.dir, REPO, snapshotter);
+    let snaps = ctr(&ctrd, &["snapshots", "--snapshotter", snapshotter, "ls"]);
+    assert!(snaps.lines().count() >= 3, "not unpacked: {snaps}");
+
+    if snapshotter == "overlayfs" {
+        // containerd's unpack made the whiteouts overlay's own: a character device 0:0 for
+        // the removed file, the xattr on the directory replaced whole.
+        let dirs = ctrd
+            .dir
+            .path()
+            .join("root/io.containerd.snapshotter.v1.overlayfs/snapshots");
+        let (mut whiteout, mut opaque) = (false, false);
+        for d in std::fs::read_dir(&dirs).unwrap() {
+            let t = d.unwrap().path().join("fs/srv/mediawiki");
+            if let Ok(m) = std::fs::symlink_metadata(t.join("gone.php")) {
+                use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                whiteout |= m.file_type().is_char_device() && m.rdev() == 0;
+            }
+            let mut buf = [0u8; 4];
+            opaque |=
+                rustix::fs::lgetxattr(&t.join("replaced"), "trusted.overlay.opaque", &mut buf)
+                    .is_ok_and(|n| &buf[..n] == b"y");
+        }
+        assert!(
+            whiteout,
+            "no overlay whiteout for gone.php in {}",
+            dirs.display()
+        );
+        assert!(
+            opaque,
+            "no opaque directory for replaced/ in {}",
+            dirs.display()
+        );
+    }
+    let blobs = world(&ctrd, "blobs");
+    let out = sync_ok(&blobs);
+    assert!(
+        !out.stderr.contains("snapshot directories"),
+        "{}",
+        out.stderr
+    );
+    let snap = world(&ctrd, "snapshots");
+    let out = sync_ok(&snap);
+    assert!(
+        out.stderr
+            .contains(&format!("{snapshotter} snapshot directories")),
+        "{}",
+        out.stderr
+    );
+    let auto = world(&ctrd, "auto");
+    sync_ok(&auto);
+    // The same root as a plain directory (umoci's unpack of V2).
+    let bundle = scratch.path().join("bundle");
+    sh(Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:{V3}", l.dir.display()))
+        .arg(&bundle));
+    let dir = World::new("");
+    dir.write_config(&format!(
+        "enabled: true\nimage: {{ source: directory, location: {} }}\n",
+        bundle.join("rootfs").display()
+    ));
+    sync_ok(&dir);
+
+    // What the image says, checked on one of them.
+    let c = &blobs.code;
+    assert_eq!(
+        std::fs::read_to_string(c.join("index.php")).unwrap(),
+        "<?php // v2\n"
+    );
+    assert!(!c.join("gone.php").exists() && !c.join("old").exists());
+    assert!(!c.join("replaced/one.php").exists() && !c.join("replaced/sub").exists());
+    assert!(
+        !c.join("replaced/three.php").exists(),
+        "the opaque directory showed a lower file"
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.join("replaced/four.php")).unwrap(),
+        "four\n"
+    );
+    assert_eq!(
+        std::fs::read_link(c.join("link")).unwrap(),
+        Path::new("bin/run")
+    );
+    // (The tree's directories carry setgid for the deployers' group; the rest is the image's.)
+    assert!(listing(c).contains("bin d 2750 "), "{}", listing(c));
+    assert!(listing(c).contains("bin/run f 755"), "{}", listing(c));
+    same_tree(c, &snap.code, "blobs vs snapshots");
+    same_tree(c, &auto.code, "blobs vs auto");
+    same_tree(c, &dir.code, "blobs vs directory");
+    // The sync's view went with it, its lease too.
+    let snaps_after = ctr(&ctrd, &["snapshots", "--snapshotter", snapshotter, "ls"]);
+    assert!(
+        !snaps_after.contains("mw-experimental-view"),
+        "{snaps_after}"
+    );
+    assert_eq!(
+        snaps_after.lines().count(),
+        snaps.lines().count(),
+        "{snaps_after}"
+    );
+    let leases = ctr(&ctrd, &["leases", "ls", "-q"]);
+    assert!(!leases.contains("mw-experimental-"), "{leases}");
+}
+
+#[test]
+fn overlayfs_snapshots_blobs_and_a_directory_give_the_same_tree() {
+    read_paths_give_the_same_tree("overlayfs");
+}
+
+#[test]
+fn native_snapshots_blobs_and_a_directory_give_the_same_tree() {
+    read_paths_give_the_same_tree("native");
+}
+
+#[test]
+fn without_snapshots_auto_reads_the_blobs_and_snapshots_fails_clearly() {
+    let ctrd = Containerd::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let l = layout(scratch.path());
+    ctrd.import_unpacked(&l.dir, REPO, "overlayfs");
+    // Remove the image's snapshots through containerd, top first; the image stays.
+    loop {
+        let snaps = ctr(&ctrd, &["snapshots", "ls"]);
+        let keys: Vec<&str> = snaps
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        if keys.is_empty() {
+            break;
+        }
+        // A snapshot that is nobody's parent can go.
+        let parents: Vec<&str> = snaps
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .collect();
+        for k in keys.iter().filter(|k| !parents.contains(k)) {
+            ctr(&ctrd, &["snapshots", "rm", k]);
+        }
+    }
+    assert!(ctrd.images().contains(V3), "{}", ctrd.images());
+
+    let snap = world(&ctrd, "snapshots");
+    let before = listing(&snap.code);
+    snap.run(&["sync"])
+        .code(2)
+        .stderr_has("image.read is snapshots, but containerd at")
+        .stderr_has("has no unpacked snapshot of");
+    assert_eq!(
+        listing(&snap.code),
+        before,
+        "a failed sync changed the tree"
+    );
+
+    let auto = world(&ctrd, "auto");
+    let out = sync_ok(&auto);
+    assert!(
+        out.stderr.contains("no unpacked snapshot"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(auto.code.join("replaced/four.php")).unwrap(),
+        "four\n"
+    );
+}
