@@ -178,8 +178,28 @@ fn read_paths_give_the_same_tree(snapshotter: &str) {
         "{}",
         out.stderr
     );
+    // The snapshot read, under strace: it starts no process (no `ctr`, no mount, no shell).
     let snap = world(&ctrd, "snapshots");
-    let out = sync_ok(&snap);
+    let trace = scratch.path().join("execve.trace");
+    let out = Out::of(
+        Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=execve", "-o"])
+            .arg(&trace)
+            .arg(bin())
+            .arg("--config")
+            .arg(&snap.config)
+            .args(["-v", "sync"])
+            .output()
+            .unwrap(),
+    );
+    out.code(0);
+    let execs: Vec<String> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("execve(") && !l.contains("ENOENT"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(execs.len(), 1, "sync ran other programs: {execs:#?}");
     assert!(
         out.stderr
             .contains(&format!("{snapshotter} snapshot directories")),
@@ -304,5 +324,100 @@ fn without_snapshots_auto_reads_the_blobs_and_snapshots_fails_clearly() {
     assert_eq!(
         std::fs::read_to_string(auto.code.join("replaced/four.php")).unwrap(),
         "four\n"
+    );
+}
+
+/// Our views and leases in containerd (by their names).
+fn ours(ctrd: &Containerd) -> (Vec<String>, Vec<String>) {
+    let pick = |s: String| -> Vec<String> {
+        s.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|k| k.starts_with("mw-experimental-"))
+            .map(str::to_string)
+            .collect()
+    };
+    (
+        pick(ctr(ctrd, &["snapshots", "ls"])),
+        pick(ctr(ctrd, &["leases", "ls", "-q"])),
+    )
+}
+
+#[test]
+fn an_image_untagged_and_collected_during_a_snapshot_read_is_held_by_the_lease() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let ctrd = Containerd::start();
+    let w = world(&ctrd, "snapshots");
+    // Files large enough that hashing and copying them takes a while.
+    let mut big = vec![0u8; 64 << 20];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut big)
+        .unwrap();
+    let l = Layout::new(w.path());
+    l.image(V1, None, |r| {
+        put(r, "srv/mediawiki/index.php", "<?php echo 'viewed';\n");
+        for i in 0..4 {
+            std::fs::write(
+                r.join(format!("srv/mediawiki/big{i}.bin")),
+                &big[i << 24..(i + 1) << 24],
+            )
+            .unwrap();
+        }
+    });
+    l.image(V2, Some(V1), |r| put(r, "srv/mediawiki/v2.php", "v2\n"));
+    ctrd.import_unpacked(&l.dir, REPO, "overlayfs");
+    let mut child = w
+        .cmd()
+        .arg("sync")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    // As soon as the sync holds its view: stop it, untag every image, collect garbage.
+    let t = Instant::now();
+    while ours(&ctrd).0.is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the sync ended before its view was seen"
+        );
+        assert!(t.elapsed() < Duration::from_secs(30), "no view seen");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let stopped_early = child.try_wait().unwrap().is_none();
+    for tag in [V1, V2] {
+        ctr(&ctrd, &["images", "rm", "--sync", &format!("{REPO}:{tag}")]);
+    }
+    assert!(!ctrd.images().contains(V2), "{}", ctrd.images());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let out = Out::of(child.wait_with_output().unwrap());
+    assert!(stopped_early, "the sync ended before it could be stopped");
+    // The lease held the view and the snapshots below it: the sync completes, the tree is
+    // the image's.
+    out.code(0);
+    for i in 0..4 {
+        assert!(
+            std::fs::read(w.code.join(format!("big{i}.bin"))).unwrap()
+                == big[i << 24..(i + 1) << 24],
+            "big{i}.bin differs from the image"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(w.code.join("v2.php")).unwrap(),
+        "v2\n"
+    );
+    // The view and the lease went with the sync; what only they kept is collected next time.
+    assert_eq!(ours(&ctrd), (vec![], vec![]));
+    let other = Layout::new(&w.path().join(unique("o")));
+    other.image("x", None, |r| put(r, "srv/y", "y"));
+    ctrd.import(&other.dir, "example.org/gc-nudge");
+    ctr(&ctrd, &["images", "rm", "--sync", "example.org/gc-nudge:x"]);
+    let left = ctr(&ctrd, &["snapshots", "ls"]);
+    assert!(
+        left.lines().count() <= 1,
+        "snapshots left after the lease went: {left}"
     );
 }
