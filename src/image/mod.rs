@@ -122,7 +122,9 @@ enum Backend {
         max_layer_entries: u64,
         /// What each layer chain contributed, in `state_dir/layers` (`None`: off).
         cache: Option<layer_cache::LayerCache>,
-        /// The snapshots containerd unpacked, when the tree is read from them (`image.read`).
+        /// How to choose between the blobs and the snapshots (`image.read`).
+        plan: snapshots::Plan,
+        /// The snapshots containerd unpacked, once the tree was read from them.
         view: Option<snapshots::View>,
     },
 }
@@ -277,6 +279,17 @@ impl Image {
         if let Some(t) = self.tree_cache.take() {
             return Ok(t);
         }
+        if let Backend::Layers {
+            store,
+            prefix,
+            plan,
+            view,
+            ..
+        } = &mut self.backend
+        {
+            // Chosen when the tree is read, so an unchanged image costs no view.
+            *view = snapshots::choose(plan, store, prefix, &self.reference)?;
+        }
         let Backend::Layers {
             store,
             layers,
@@ -285,6 +298,7 @@ impl Image {
             max_layer_entries,
             cache,
             view,
+            ..
         } = &self.backend
         else {
             let Backend::Directory { root, .. } = &self.backend else {

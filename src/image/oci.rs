@@ -235,7 +235,11 @@ pub(super) fn open_layered(
     }
     let diff_ids = check_config(&store, &m, &layers)
         .with_context(|| format!("reading the config of {reference} ({digest})"))?;
-    let view = super::snapshots::choose(cfg, &store, &diff_ids, &reference)?;
+    let plan = super::snapshots::Plan {
+        read: cfg.image.read,
+        diff_ids,
+        code_path: cfg.code.path.clone(),
+    };
     let prefix = cfg
         .image
         .path
@@ -252,7 +256,8 @@ pub(super) fn open_layered(
             max_layer_bytes: cfg.image.max_layer_bytes,
             max_layer_entries: cfg.image.max_layer_entries,
             cache: super::layer_cache::LayerCache::new(&cfg.state_dir, cfg.image.layer_cache_bytes),
-            view,
+            plan,
+            view: None,
         },
         tree_cache: None,
     })

@@ -207,7 +207,12 @@ fn read_paths_give_the_same_tree(snapshotter: &str) {
         out.stderr
     );
     let auto = world(&ctrd, "auto");
-    sync_ok(&auto);
+    let out = sync_ok(&auto);
+    assert!(
+        out.stderr.contains("from its snapshots: a first sync"),
+        "{}",
+        out.stderr
+    );
     // The same root as a plain directory (umoci's unpack of V2).
     let bundle = scratch.path().join("bundle");
     sh(Command::new("umoci")
@@ -248,15 +253,28 @@ fn read_paths_give_the_same_tree(snapshotter: &str) {
     same_tree(c, &snap.code, "blobs vs snapshots");
     same_tree(c, &auto.code, "blobs vs auto");
     same_tree(c, &dir.code, "blobs vs directory");
-    // The sync's view went with it, its lease too.
+    // A later image: auto asks the page cache whether the snapshot's pages are warm (just
+    // unpacked, they are here) and says what it chose; either way the tree is the image's.
+    l.image("2026-11-30-101010-publish-4", Some(V3), |r| {
+        put(r, "srv/mediawiki/index.php", "<?php // v4\n");
+    });
+    ctrd.import_unpacked(&l.dir, REPO, snapshotter);
+    let out = sync_ok(&auto);
+    assert!(out.stderr.contains("sampled"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(auto.code.join("index.php")).unwrap(),
+        "<?php // v4\n"
+    );
+    // The sync's views went with them, their leases too.
     let snaps_after = ctr(&ctrd, &["snapshots", "--snapshotter", snapshotter, "ls"]);
     assert!(
         !snaps_after.contains("mw-experimental-view"),
         "{snaps_after}"
     );
+    // (One more committed snapshot: V4's layer.)
     assert_eq!(
         snaps_after.lines().count(),
-        snaps.lines().count(),
+        snaps.lines().count() + 1,
         "{snaps_after}"
     );
     let leases = ctr(&ctrd, &["leases", "ls", "-q"]);
