@@ -6,8 +6,10 @@
 //!
 //! * `containerd`: lists images and reads manifests, configs and layer blobs through
 //!   containerd's gRPC API on its socket, under a lease. The layers are read as tar
-//!   streams (plain, gzip or zstd) and merged in memory, applying whiteouts; nothing is mounted,
-//!   so there is nothing to unmount when a run dies, and no snapshotter is needed.
+//!   streams (plain, gzip or zstd) and merged in memory, applying whiteouts; or (`image.read`)
+//!   from the snapshots containerd unpacked, each layer's directory read in place through a
+//!   read-only view, merged the same way. Nothing is mounted, so there is nothing to unmount
+//!   when a run dies.
 //! * `oci-layout`: the same, from a directory in OCI image layout.
 //! * `directory`: a plain tree (an unpacked image root); its digest is a hash over a listing of
 //!   the tree (path, type, mode, size, mtime, ctime, inode, symlink target).
@@ -19,7 +21,7 @@
 //! This folder: `mod.rs` holds the shape every source gives ([`Image`], [`Entry`], [`Tree`]),
 //! the choice of the newest candidate (publish tags first) and the dispatch over sources;
 //! `oci` the OCI format (blob store, index, manifest, config), `containerd` the gRPC
-//! client (images, content, leases, CRI pulls, events), `layers` the tar reading and its hostile-entry filter, `merge` the layers' merge
+//! client (images, content, leases, CRI pulls, events), `layers` the tar reading and its hostile-entry filter, `snapshots` the unpacked snapshots' reading, `merge` the layers' merge
 //! into the tree, `layer_cache` what each layer chain gave, `tree` the compact tree,
 //! `directory` the plain-tree source. Nothing here writes to the code tree, mounts or unpacks anything, or runs a shell.
 
@@ -307,7 +309,7 @@ impl Image {
             return Ok(directory::scan(root.as_fd())?.0);
         };
         if let Some(v) = view {
-            let tree = snapshots::tree(v, prefix, &self.reference, notes)?;
+            let tree = snapshots::tree(v, prefix, &self.reference, *max_layer_entries, notes)?;
             tree.log_size();
             return Ok(tree);
         }

@@ -238,7 +238,6 @@ pub(super) fn open_layered(
     let plan = super::snapshots::Plan {
         read: cfg.image.read,
         diff_ids,
-        code_path: cfg.code.path.clone(),
     };
     let prefix = cfg
         .image

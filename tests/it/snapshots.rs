@@ -208,11 +208,8 @@ fn read_paths_give_the_same_tree(snapshotter: &str) {
     );
     let auto = world(&ctrd, "auto");
     let out = sync_ok(&auto);
-    assert!(
-        out.stderr.contains("from its snapshots: a first sync"),
-        "{}",
-        out.stderr
-    );
+    // It says which way it read, and why (the pages of a just-unpacked image are warm).
+    assert!(out.stderr.contains("sampled"), "{}", out.stderr);
     // The same root as a plain directory (umoci's unpack of V2).
     let bundle = scratch.path().join("bundle");
     sh(Command::new("umoci")
