@@ -125,9 +125,9 @@ enum Backend {
         /// What each layer chain contributed, in `state_dir/layers` (`None`: off).
         cache: Option<layer_cache::LayerCache>,
         /// How to choose between the blobs and the snapshots (`image.read`).
-        plan: snapshots::Plan,
+        plan: Box<snapshots::Plan>,
         /// The snapshots containerd unpacked, once the tree was read from them.
-        view: Option<snapshots::View>,
+        view: Option<Box<snapshots::View>>,
     },
 }
 
@@ -290,7 +290,7 @@ impl Image {
         } = &mut self.backend
         {
             // Chosen when the tree is read, so an unchanged image costs no view.
-            *view = snapshots::choose(plan, store, prefix, &self.reference)?;
+            *view = snapshots::choose(plan, store, prefix, &self.reference)?.map(Box::new);
         }
         let Backend::Layers {
             store,

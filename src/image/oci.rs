@@ -235,10 +235,10 @@ pub(super) fn open_layered(
     }
     let diff_ids = check_config(&store, &m, &layers)
         .with_context(|| format!("reading the config of {reference} ({digest})"))?;
-    let plan = super::snapshots::Plan {
+    let plan = Box::new(super::snapshots::Plan {
         read: cfg.image.read,
         diff_ids,
-    };
+    });
     let prefix = cfg
         .image
         .path

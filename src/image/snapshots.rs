@@ -246,7 +246,7 @@ fn warm(view: &View, prefix: &str) -> Option<(usize, usize)> {
 
 /// The layer directories (oldest first) of a view's mounts: an overlay's `lowerdir=` (top
 /// first), or one bind-mounted directory.
-fn layer_dirs(mounts: &[(String, String, Vec<String>)]) -> Result<Vec<PathBuf>> {
+fn layer_dirs(mounts: &[super::containerd::Mount]) -> Result<Vec<PathBuf>> {
     let [(ty, source, options)] = mounts else {
         bail!("{} mounts, where one was expected", mounts.len());
     };

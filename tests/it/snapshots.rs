@@ -156,9 +156,8 @@ fn read_paths_give_the_same_tree(snapshotter: &str) {
                 whiteout |= m.file_type().is_char_device() && m.rdev() == 0;
             }
             let mut buf = [0u8; 4];
-            opaque |=
-                rustix::fs::lgetxattr(&t.join("replaced"), "trusted.overlay.opaque", &mut buf)
-                    .is_ok_and(|n| &buf[..n] == b"y");
+            opaque |= rustix::fs::lgetxattr(t.join("replaced"), "trusted.overlay.opaque", &mut buf)
+                .is_ok_and(|n| &buf[..n] == b"y");
         }
         assert!(
             whiteout,

@@ -42,6 +42,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a lease outlives a run that was killed before it could delete it.
 const LEASE_EXPIRY: Duration = Duration::from_secs(3600);
 
+/// One mount of a snapshot: type, source, options.
+pub(super) type Mount = (String, String, Vec<String>);
+
 /// A connection to one containerd socket and namespace; clones share it (and its lease).
 #[derive(Clone)]
 pub(super) struct Client(Arc<Inner>);
@@ -297,7 +300,7 @@ impl Client {
         snapshotter: &str,
         key: &str,
         parent: &str,
-    ) -> Result<Option<Vec<(String, String, Vec<String>)>>> {
+    ) -> Result<Option<Vec<Mount>>> {
         let lease = self.lease()?;
         let mut c = api::snapshots::snapshots_client::SnapshotsClient::new(self.0.channel.clone());
         let req = self.request(
