@@ -326,8 +326,13 @@ impl Client {
                     .map(|m| (m.r#type, m.source, m.options))
                     .collect(),
             )),
-            // No such parent, or no such snapshotter in this containerd.
-            Ok(Err(st)) if matches!(st.code(), Code::NotFound | Code::FailedPrecondition) => {
+            // No such parent, or no such snapshotter in this containerd ("snapshotter not
+            // loaded: NAME: invalid argument").
+            Ok(Err(st))
+                if matches!(st.code(), Code::NotFound | Code::FailedPrecondition)
+                    || (st.code() == Code::InvalidArgument
+                        && st.message().contains("not loaded")) =>
+            {
                 log::debug!("{what}: {}", st.message());
                 Ok(None)
             }
