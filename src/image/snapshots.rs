@@ -18,6 +18,10 @@
 //! path hashes them, and [`fetch`] reads them again from their layer directory, failing when a
 //! file no longer has the content it had when the tree was read. It must never write, mount,
 //! or follow a symlink below a layer directory.
+//!
+//! (Over 500 lines because the view, the reader, the checked fetch and `image.read`'s choice
+//! with its page-cache probe are one read path, kept in one file beside the tar reader, with
+//! their unit tests.)
 
 use super::containerd::Client;
 use super::layers::{self, add, encode_pos, Gather, Item};

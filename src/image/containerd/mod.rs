@@ -15,13 +15,15 @@
 //!   holds a registry secret;
 //! * the events service tells [`watch`] when an image is created or updated.
 //!
-//! This folder: `mod.rs` the client and the calls a sync makes; `events.rs` the event stream.
+//! This folder: `mod.rs` the client and the calls a sync makes; `events.rs` the event stream;
+//! `snapshots.rs` the snapshot views a sync reads an unpacked image through.
 //!
 //! One small tokio runtime per client drives the calls; the rest of the program stays
 //! synchronous. Every call is bounded in time; a pull that overruns is cancelled (the RPC is
 //! reset, which cancels containerd's pull). Nothing here runs a process.
 
 mod events;
+mod snapshots;
 
 pub use events::{watch, Event};
 
@@ -42,8 +44,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a lease outlives a run that was killed before it could delete it.
 const LEASE_EXPIRY: Duration = Duration::from_secs(3600);
 
-/// One mount of a snapshot: type, source, options.
-pub(super) type Mount = (String, String, Vec<String>);
+pub(super) use snapshots::Mount;
 
 /// A connection to one containerd socket and namespace; clones share it (and its lease).
 #[derive(Clone)]
@@ -289,74 +290,6 @@ impl Client {
             pos: 0,
             what,
         }))
-    }
-
-    /// A read-only view (`key`) of the committed snapshot `parent` in `snapshotter`, created
-    /// under this client's lease (containerd adds it to the lease, so garbage collection keeps
-    /// it and the chain below it while it is read; an expired lease lets it go): its mounts
-    /// as (type, source, options). `None` when that snapshotter has no such snapshot.
-    pub(super) fn snapshot_view(
-        &self,
-        snapshotter: &str,
-        key: &str,
-        parent: &str,
-    ) -> Result<Option<Vec<Mount>>> {
-        let lease = self.lease()?;
-        let mut c = api::snapshots::snapshots_client::SnapshotsClient::new(self.0.channel.clone());
-        let req = self.request(
-            api::snapshots::ViewSnapshotRequest {
-                snapshotter: snapshotter.to_string(),
-                key: key.to_string(),
-                parent: parent.to_string(),
-                labels: Default::default(),
-            },
-            Some(&lease),
-        )?;
-        let fut = async move { c.view(req).await };
-        let r = self
-            .0
-            .rt
-            .block_on(async { tokio::time::timeout(CALL_TIMEOUT, fut).await });
-        let what = format!("taking a view of the snapshot {parent} ({snapshotter})");
-        match r {
-            Ok(Ok(v)) => Ok(Some(
-                v.into_inner()
-                    .mounts
-                    .into_iter()
-                    .map(|m| (m.r#type, m.source, m.options))
-                    .collect(),
-            )),
-            // No such parent, or no such snapshotter in this containerd ("snapshotter not
-            // loaded: NAME: invalid argument").
-            Ok(Err(st))
-                if matches!(st.code(), Code::NotFound | Code::FailedPrecondition)
-                    || (st.code() == Code::InvalidArgument
-                        && st.message().contains("not loaded")) =>
-            {
-                log::debug!("{what}: {}", st.message());
-                Ok(None)
-            }
-            Ok(Err(st)) => Err(self.explain(&what, &st)),
-            Err(_) => bail!("{what}: {} did not answer", self.describe()),
-        }
-    }
-
-    /// Removes the view `key` (the snapshot a run took to read; never an image's own).
-    pub(super) fn snapshot_remove(&self, snapshotter: &str, key: &str) -> Result<()> {
-        let mut c = api::snapshots::snapshots_client::SnapshotsClient::new(self.0.channel.clone());
-        let req = self.request(
-            api::snapshots::RemoveSnapshotRequest {
-                snapshotter: snapshotter.to_string(),
-                key: key.to_string(),
-            },
-            None,
-        )?;
-        self.call(
-            &format!("removing the view {key} ({snapshotter})"),
-            CALL_TIMEOUT,
-            async move { c.remove(req).await },
-        )?;
-        Ok(())
     }
 
     /// Pulls `reference` through the CRI image service on the same socket, as the kubelet
