@@ -75,6 +75,18 @@ pub enum ImageSource {
     Directory,
 }
 
+/// How a containerd image's tree is read (`image.read`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageRead {
+    /// Snapshots when containerd has them unpacked, else the layer blobs.
+    Auto,
+    /// The layer blobs, streamed and checked against their digests.
+    Blobs,
+    /// The snapshots containerd unpacked (a read-only view); an error when there are none.
+    Snapshots,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Image {
@@ -104,6 +116,9 @@ pub struct Image {
     /// The bound of `state_dir/layers` (what each layer chain contributed to the tree, so a new
     /// image that shares lower layers reads only its new ones); 0 turns it off.
     pub layer_cache_bytes: u64,
+    /// containerd source: read the layer blobs, the snapshots containerd unpacked, or (auto)
+    /// the snapshots when they are there.
+    pub read: ImageRead,
 }
 
 /// The Kubernetes objects `render` writes (the service side of the switch).
@@ -238,6 +253,7 @@ impl Default for Image {
             max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
             max_layer_entries: 10_000_000,
             layer_cache_bytes: 2 << 30,
+            read: ImageRead::Auto,
         }
     }
 }

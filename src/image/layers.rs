@@ -44,28 +44,25 @@ pub(super) fn tree(
     (limits, cache): (Limits, Option<&LayerCache>),
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
-    let mut arena = String::new();
-    let mut nodes: Vec<Node> = Vec::new();
+    let mut g = Gather::default();
     let mut marks = Marks::default();
     let under = |p: &str| prefix.is_empty() || p == prefix || p.starts_with(&format!("{prefix}/"));
     for (li, (digest, mt)) in layers.iter().enumerate() {
         let key = cache.map(|c| (c, LayerCache::key(prefix, &layers[..=li])));
         if let Some(p) = key
             .as_ref()
-            .and_then(|(c, k)| c.load(k, li, &mut arena, &mut nodes))
+            .and_then(|(c, k)| c.load(k, li, &mut g.arena, &mut g.nodes))
         {
             log::debug!("layer {digest}: from the layer cache");
             notes.extend(p.notes);
             marks.add(li, p.whiteouts, p.opaque);
             continue;
         }
-        let first_node = nodes.len();
+        let first_node = g.nodes.len();
         let notes_before = notes.len();
         let (raw, verified) = store.open_verified(digest)?;
         let r = Limited::new(decompress(mt, raw)?, limits.max_bytes, digest);
         let mut ar = tar::Archive::new(r);
-        let mut whiteouts = Vec::new();
-        let mut opaque = Vec::new();
         // A damaged or tampered blob reports its digest mismatch, not whatever the tar parser
         // tripped over first.
         let parsed = (|| -> Result<()> {
@@ -94,21 +91,23 @@ pub(super) fn tree(
                     continue;
                 }
                 let (parent, name) = at::split(&path);
+                let pos = encode_pos(li, ei as u64);
                 if name == ".wh..wh..opq" {
-                    opaque.push(parent.to_string());
+                    add(&mut g, prefix, parent, Item::Opaque, pos)?;
                     continue;
                 }
                 if let Some(hidden) = name.strip_prefix(".wh.") {
-                    whiteouts.push(if parent.is_empty() {
+                    let p = if parent.is_empty() {
                         hidden.to_string()
                     } else {
                         format!("{parent}/{hidden}")
-                    });
+                    };
+                    add(&mut g, prefix, &p, Item::Whiteout, pos)?;
                     continue;
                 }
-                let Some((stored, chain)) = place(prefix, &path) else {
+                if place(prefix, &path).is_none() {
                     continue;
-                };
+                }
                 let h = e.header().clone();
                 let raw_mode = h.mode().unwrap_or(0o644);
                 let mtime = h.mtime().unwrap_or(0) as i64;
@@ -185,13 +184,7 @@ pub(super) fn tree(
                     }
                     continue;
                 };
-                let (off, len) = intern(&mut arena, stored)?;
-                nodes.push(Node {
-                    off,
-                    len,
-                    pos: encode_pos(li, ei as u64) | if chain { CHAIN } else { 0 },
-                    entry,
-                });
+                add(&mut g, prefix, &path, Item::Entry(entry), pos)?;
             }
             Ok(())
         })();
@@ -210,16 +203,66 @@ pub(super) fn tree(
         if let Some((c, k)) = &key {
             c.store(
                 k,
-                &arena,
-                &nodes[first_node..],
-                &whiteouts,
-                &opaque,
+                &g.arena,
+                &g.nodes[first_node..],
+                &g.whiteouts,
+                &g.opaque,
                 &notes[notes_before..],
             );
         }
-        marks.add(li, whiteouts, opaque);
+        marks.add(
+            li,
+            std::mem::take(&mut g.whiteouts),
+            std::mem::take(&mut g.opaque),
+        );
     }
-    super::merge::merge(arena, nodes, &marks, prefix, reference, notes)
+    super::merge::merge(g.arena, g.nodes, &marks, prefix, reference, notes)
+}
+
+/// What the layers read so far hold, on its way to the merge: every entry's path and node,
+/// and the current layer's whiteouts and opaque directories (handed to [`Marks`] at its end).
+#[derive(Default)]
+pub(super) struct Gather {
+    pub(super) arena: String,
+    pub(super) nodes: Vec<Node>,
+    pub(super) whiteouts: Vec<String>,
+    pub(super) opaque: Vec<String>,
+}
+
+/// One item of a layer: an entry, or a whiteout of its path, or its path marked opaque.
+pub(super) enum Item {
+    Entry(Entry),
+    Whiteout,
+    Opaque,
+}
+
+/// Adds one item of a layer, by its path relative to the image root and its position (layer,
+/// index in the layer), as the merge wants it: entries below `prefix` by their path relative
+/// to it, those on the way to it marked [`CHAIN`], the rest dropped. Every source of layers
+/// (tar streams, unpacked snapshots) adds through here.
+pub(super) fn add(g: &mut Gather, prefix: &str, path: &str, item: Item, pos: u64) -> Result<()> {
+    let entry = match item {
+        Item::Whiteout => {
+            g.whiteouts.push(path.to_string());
+            return Ok(());
+        }
+        Item::Opaque => {
+            g.opaque.push(path.to_string());
+            return Ok(());
+        }
+        Item::Entry(e) => e,
+    };
+    let Some((stored, chain)) = place(prefix, path) else {
+        return Ok(());
+    };
+    let (off, len) = intern(&mut g.arena, stored)?;
+    g.nodes.push(Node {
+        off,
+        len,
+        pos: pos | if chain { CHAIN } else { 0 },
+        entry,
+    });
+    Ok(())
 }
 
 /// Marks a node of `image.path` itself or a directory on the way to it (its full path is

@@ -6,8 +6,10 @@
 //!
 //! * `containerd`: lists images and reads manifests, configs and layer blobs through
 //!   containerd's gRPC API on its socket, under a lease. The layers are read as tar
-//!   streams (plain, gzip or zstd) and merged in memory, applying whiteouts; nothing is mounted,
-//!   so there is nothing to unmount when a run dies, and no snapshotter is needed.
+//!   streams (plain, gzip or zstd) and merged in memory, applying whiteouts; or (`image.read`)
+//!   from the snapshots containerd unpacked, each layer's directory read in place through a
+//!   read-only view, merged the same way. Nothing is mounted, so there is nothing to unmount
+//!   when a run dies.
 //! * `oci-layout`: the same, from a directory in OCI image layout.
 //! * `directory`: a plain tree (an unpacked image root); its digest is a hash over a listing of
 //!   the tree (path, type, mode, size, mtime, ctime, inode, symlink target).
@@ -19,7 +21,7 @@
 //! This folder: `mod.rs` holds the shape every source gives ([`Image`], [`Entry`], [`Tree`]),
 //! the choice of the newest candidate (publish tags first) and the dispatch over sources;
 //! `oci` the OCI format (blob store, index, manifest, config), `containerd` the gRPC
-//! client (images, content, leases, CRI pulls, events), `layers` the tar reading and its hostile-entry filter, `merge` the layers' merge
+//! client (images, content, leases, CRI pulls, events), `layers` the tar reading and its hostile-entry filter, `snapshots` the unpacked snapshots' reading, `merge` the layers' merge
 //! into the tree, `layer_cache` what each layer chain gave, `tree` the compact tree,
 //! `directory` the plain-tree source. Nothing here writes to the code tree, mounts or unpacks anything, or runs a shell.
 
@@ -36,6 +38,7 @@ mod layers;
 mod merge;
 mod oci;
 pub mod release;
+mod snapshots;
 pub mod tag;
 mod tree;
 mod verify;
@@ -121,6 +124,10 @@ enum Backend {
         max_layer_entries: u64,
         /// What each layer chain contributed, in `state_dir/layers` (`None`: off).
         cache: Option<layer_cache::LayerCache>,
+        /// How to choose between the blobs and the snapshots (`image.read`).
+        plan: Box<snapshots::Plan>,
+        /// The snapshots containerd unpacked, once the tree was read from them.
+        view: Option<Box<snapshots::View>>,
     },
 }
 
@@ -274,6 +281,17 @@ impl Image {
         if let Some(t) = self.tree_cache.take() {
             return Ok(t);
         }
+        if let Backend::Layers {
+            store,
+            prefix,
+            plan,
+            view,
+            ..
+        } = &mut self.backend
+        {
+            // Chosen when the tree is read, so an unchanged image costs no view.
+            *view = snapshots::choose(plan, store, prefix, &self.reference)?.map(Box::new);
+        }
         let Backend::Layers {
             store,
             layers,
@@ -281,6 +299,8 @@ impl Image {
             max_layer_bytes,
             max_layer_entries,
             cache,
+            view,
+            ..
         } = &self.backend
         else {
             let Backend::Directory { root, .. } = &self.backend else {
@@ -288,6 +308,11 @@ impl Image {
             };
             return Ok(directory::scan(root.as_fd())?.0);
         };
+        if let Some(v) = view {
+            let tree = snapshots::tree(v, prefix, &self.reference, *max_layer_entries, notes)?;
+            tree.log_size();
+            return Ok(tree);
+        }
         let tree = layers::tree(
             store,
             layers,
@@ -327,6 +352,11 @@ impl Image {
             Backend::Directory { root, location } => {
                 directory::fetch(root.as_fd(), location, tree, wanted, f)
             }
+            Backend::Layers {
+                view: Some(v),
+                prefix,
+                ..
+            } => snapshots::fetch(v, prefix, tree, wanted, f),
             Backend::Layers {
                 store,
                 layers,

@@ -184,7 +184,7 @@ fn manifest_for(store: &Store, digest: &str) -> Result<Value> {
 /// The image config must be there, match its digest, and list one diff ID per layer (an
 /// uncompressed layer's diff ID is its own digest); anything else is a damaged or tampered
 /// image, refused before a layer is read.
-fn check_config(store: &Store, m: &Value, layers: &[(String, String)]) -> Result<()> {
+fn check_config(store: &Store, m: &Value, layers: &[(String, String)]) -> Result<Vec<String>> {
     let cd = m["config"]["digest"]
         .as_str()
         .context("the manifest names no config blob")?;
@@ -199,13 +199,16 @@ fn check_config(store: &Store, m: &Value, layers: &[(String, String)]) -> Result
             layers.len()
         );
     }
+    let mut out = Vec::with_capacity(ids.len());
     for (id, (d, mt)) in ids.iter().zip(layers) {
         let id = id.as_str().context("a diff ID that is not a string")?;
         if mt.ends_with(".tar") && id != d {
             bail!("the uncompressed layer {d} has the diff ID {id} in the config; they must be equal; pull the image again");
         }
+        check_digest(id)?;
+        out.push(id.to_string());
     }
-    Ok(())
+    Ok(out)
 }
 
 /// A layered image: its manifest's layers; the tree is read from them on demand.
@@ -230,8 +233,12 @@ pub(super) fn open_layered(
             c.protect(d)?;
         }
     }
-    check_config(&store, &m, &layers)
+    let diff_ids = check_config(&store, &m, &layers)
         .with_context(|| format!("reading the config of {reference} ({digest})"))?;
+    let plan = Box::new(super::snapshots::Plan {
+        read: cfg.image.read,
+        diff_ids,
+    });
     let prefix = cfg
         .image
         .path
@@ -248,6 +255,8 @@ pub(super) fn open_layered(
             max_layer_bytes: cfg.image.max_layer_bytes,
             max_layer_entries: cfg.image.max_layer_entries,
             cache: super::layer_cache::LayerCache::new(&cfg.state_dir, cfg.image.layer_cache_bytes),
+            plan,
+            view: None,
         },
         tree_cache: None,
     })

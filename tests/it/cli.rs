@@ -82,6 +82,7 @@ fn each_invalid_config_is_rejected_naming_file_and_key_and_nothing_is_written() 
             "deployers: { group: deployment, colour: red }\n",
             "colour",
         ),
+        ("unknown image.read", "image: { read: mounts }\n", "read"),
         (
             "malformed YAML",
             "enabled: true\nkubernetes: {labels: [\n",

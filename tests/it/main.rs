@@ -23,6 +23,7 @@ mod release;
 mod render;
 mod request_path;
 mod routing;
+mod snapshots;
 mod support;
 mod sync;
 mod sync_model;

@@ -15,13 +15,15 @@
 //!   holds a registry secret;
 //! * the events service tells [`watch`] when an image is created or updated.
 //!
-//! This folder: `mod.rs` the client and the calls a sync makes; `events.rs` the event stream.
+//! This folder: `mod.rs` the client and the calls a sync makes; `events.rs` the event stream;
+//! `snapshots.rs` the snapshot views a sync reads an unpacked image through.
 //!
 //! One small tokio runtime per client drives the calls; the rest of the program stays
 //! synchronous. Every call is bounded in time; a pull that overruns is cancelled (the RPC is
 //! reset, which cancels containerd's pull). Nothing here runs a process.
 
 mod events;
+mod snapshots;
 
 pub use events::{watch, Event};
 
@@ -41,6 +43,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a lease outlives a run that was killed before it could delete it.
 const LEASE_EXPIRY: Duration = Duration::from_secs(3600);
+
+pub(super) use snapshots::Mount;
 
 /// A connection to one containerd socket and namespace; clones share it (and its lease).
 #[derive(Clone)]

@@ -124,6 +124,30 @@ state = "{state}"
         let _ = std::fs::remove_file(&tar);
     }
 
+    /// `ctr images import` of an OCI layout, unpacked into `snapshotter`'s snapshots as the
+    /// kubelet's pull unpacks (containerd's own unpack: the same chain IDs, whiteouts, xattrs).
+    pub fn import_unpacked(&self, layout: &Path, repo: &str, snapshotter: &str) {
+        let tar = self
+            .dir
+            .path()
+            .join(format!("import-{}.tar", crate::support::unique("i")));
+        sh(Command::new("tar")
+            .arg("-C")
+            .arg(layout)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."));
+        sh(Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", "k8s.io", "images", "import"])
+            .args(["--snapshotter", snapshotter])
+            .arg("--base-name")
+            .arg(repo)
+            .arg(&tar));
+        let _ = std::fs::remove_file(&tar);
+    }
+
     pub fn images(&self) -> String {
         sh(Command::new("ctr")
             .arg("--address")
