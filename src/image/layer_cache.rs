@@ -58,6 +58,18 @@ impl LayerCache {
         })
     }
 
+    /// Whether a layer chain with this key is cached (its file exists; it may still turn out
+    /// damaged when loaded).
+    pub(super) fn has(&self, key: &str) -> bool {
+        self.dir.join(key).is_file()
+    }
+
+    /// Whether nothing is cached: no layered image was read on this node yet (or the cache
+    /// was cleared).
+    pub(super) fn is_empty(&self) -> bool {
+        std::fs::read_dir(&self.dir).map_or(true, |mut d| d.next().is_none())
+    }
+
     /// The key of the layer at the top of `chain` ((digest, media type), lowest first).
     pub(super) fn key(prefix: &str, chain: &[(String, String)]) -> String {
         let mut h = blake3::Hasher::new();

@@ -283,14 +283,34 @@ impl Image {
         }
         if let Backend::Layers {
             store,
+            layers,
             prefix,
             plan,
             view,
+            cache,
             ..
         } = &mut self.backend
         {
-            // Chosen when the tree is read, so an unchanged image costs no view.
-            *view = snapshots::choose(plan, store, prefix, &self.reference)?.map(Box::new);
+            // Chosen when the tree is read, so an unchanged image costs no view. With `auto`,
+            // the layer cache comes first: when it holds the image's lower layers, only the
+            // new ones are read (from their blobs, a few files); when it is empty (the node's
+            // first layered read) the blobs fill it, and a cold first sync is faster from them.
+            let cached = cache.as_ref().and_then(|c| {
+                if c.is_empty() {
+                    return Some("the layer cache is empty (a first read)".to_string());
+                }
+                (1..=layers.len())
+                    .rev()
+                    .find(|&n| c.has(&layer_cache::LayerCache::key(prefix, &layers[..n])))
+                    .map(|n| format!("the layer cache holds {n} of its {} layers", layers.len()))
+            });
+            *view = match cached {
+                Some(why) if plan.read == crate::config::ImageRead::Auto => {
+                    log::debug!("reading {} from its layer blobs: {why}", self.reference);
+                    None
+                }
+                _ => snapshots::choose(plan, store, prefix, &self.reference)?.map(Box::new),
+            };
         }
         let Backend::Layers {
             store,

@@ -435,3 +435,66 @@ fn an_image_untagged_and_collected_during_a_snapshot_read_is_held_by_the_lease()
         "snapshots left after the lease went: {left}"
     );
 }
+
+/// `auto` with the layer cache on (the default): the node's first read fills the cache from the
+/// blobs; a new image on the same layers reads only its new layer, through the cache; an image
+/// rebuilt whole (nothing shared) is read from its snapshots while their pages are warm (just
+/// unpacked, as after the kubelet's pull). Each sync's tree is its image's.
+#[test]
+fn auto_takes_the_layer_cache_first_and_warm_snapshots_for_a_rebuilt_image() {
+    let ctrd = Containerd::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let l = Layout::new(scratch.path());
+    let w = World::new("");
+    w.write_config(&format!(
+        "enabled: true\nimage: {{ source: containerd, containerd_address: {}, read: auto }}\n",
+        ctrd.socket.display()
+    ));
+    l.image(V1, None, |r| {
+        put(r, "srv/mediawiki/index.php", "<?php // v1\n");
+        put(r, "srv/mediawiki/wmf-config/a.php", "a\n");
+    });
+    ctrd.import_unpacked(&l.dir, REPO, "overlayfs");
+    let out = sync_ok(&w);
+    assert!(
+        out.stderr.contains("the layer cache is empty"),
+        "{}",
+        out.stderr
+    );
+    l.image(V2, Some(V1), |r| {
+        put(r, "srv/mediawiki/wmf-config/b.php", "b\n");
+    });
+    ctrd.import_unpacked(&l.dir, REPO, "overlayfs");
+    let out = sync_ok(&w);
+    assert!(
+        out.stderr
+            .contains("the layer cache holds 1 of its 2 layers"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("snapshot directories"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.code.join("wmf-config/b.php")).unwrap(),
+        "b\n"
+    );
+    l.image(V3, None, |r| {
+        put(r, "srv/mediawiki/index.php", "<?php // rebuilt\n");
+        put(r, "srv/mediawiki/wmf-config/a.php", "a\n");
+    });
+    ctrd.import_unpacked(&l.dir, REPO, "overlayfs");
+    let out = sync_ok(&w);
+    assert!(
+        out.stderr.contains("from its snapshots") && out.stderr.contains("sampled"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.code.join("index.php")).unwrap(),
+        "<?php // rebuilt\n"
+    );
+    assert!(!w.code.join("wmf-config/b.php").exists());
+}
