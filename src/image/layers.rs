@@ -13,7 +13,7 @@
 use super::layer_cache::LayerCache;
 use super::merge::Marks;
 use super::oci::Store;
-use super::tree::{intern, Node};
+use super::tree::{Node, Parts};
 use super::verify::Limited;
 use super::{clean_mode, Entry, Kind, Tree};
 use crate::fs::at;
@@ -44,22 +44,20 @@ pub(super) fn tree(
     (limits, cache): (Limits, Option<&LayerCache>),
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
-    let mut arena = String::new();
-    let mut nodes: Vec<Node> = Vec::new();
-    let mut marks = Marks::default();
+    let mut ing = Ingest::new(prefix);
     let under = |p: &str| prefix.is_empty() || p == prefix || p.starts_with(&format!("{prefix}/"));
     for (li, (digest, mt)) in layers.iter().enumerate() {
         let key = cache.map(|c| (c, LayerCache::key(prefix, &layers[..=li])));
         if let Some(p) = key
             .as_ref()
-            .and_then(|(c, k)| c.load(k, li, &mut arena, &mut nodes))
+            .and_then(|(c, k)| c.load(k, li, &mut ing.parts, &mut ing.nodes))
         {
             log::debug!("layer {digest}: from the layer cache");
             notes.extend(p.notes);
-            marks.add(li, p.whiteouts, p.opaque);
+            ing.marks.add(li, p.whiteouts, p.opaque);
             continue;
         }
-        let first_node = nodes.len();
+        let first_node = ing.nodes.len();
         let notes_before = notes.len();
         let (raw, verified) = store.open_verified(digest)?;
         let r = Limited::new(decompress(mt, raw)?, limits.max_bytes, digest);
@@ -106,9 +104,9 @@ pub(super) fn tree(
                     });
                     continue;
                 }
-                let Some((stored, chain)) = place(prefix, &path) else {
+                if place(prefix, &path).is_none() {
                     continue;
-                };
+                }
                 let h = e.header().clone();
                 let raw_mode = h.mode().unwrap_or(0o644);
                 let mtime = h.mtime().unwrap_or(0) as i64;
@@ -185,13 +183,7 @@ pub(super) fn tree(
                     }
                     continue;
                 };
-                let (off, len) = intern(&mut arena, stored)?;
-                nodes.push(Node {
-                    off,
-                    len,
-                    pos: encode_pos(li, ei as u64) | if chain { CHAIN } else { 0 },
-                    entry,
-                });
+                ing.add(&path, &entry, li, ei as u64)?;
             }
             Ok(())
         })();
@@ -210,16 +202,58 @@ pub(super) fn tree(
         if let Some((c, k)) = &key {
             c.store(
                 k,
-                &arena,
-                &nodes[first_node..],
+                &ing.parts,
+                &ing.nodes[first_node..],
                 &whiteouts,
                 &opaque,
                 &notes[notes_before..],
             );
         }
-        marks.add(li, whiteouts, opaque);
+        ing.marks.add(li, whiteouts, opaque);
     }
-    super::merge::merge(arena, nodes, &marks, prefix, reference, notes)
+    super::merge::merge(ing.parts, ing.nodes, &ing.marks, prefix, reference, notes)
+}
+
+/// The layers' entries as they are read, before the merge. Every layer reader adds an entry
+/// through [`Ingest::add`] and a layer's whiteouts and opaque directories through
+/// `marks.add(layer, whiteouts, opaque)` (paths relative to the image root, as the entries'
+/// are); the layer cache loads its nodes into `parts` and `nodes` directly.
+pub(super) struct Ingest<'p> {
+    pub(super) parts: Parts,
+    pub(super) nodes: Vec<Node>,
+    pub(super) marks: Marks,
+    prefix: &'p str,
+}
+
+impl<'p> Ingest<'p> {
+    pub(super) fn new(prefix: &'p str) -> Ingest<'p> {
+        Ingest {
+            parts: Parts::default(),
+            nodes: Vec::new(),
+            marks: Marks::default(),
+            prefix,
+        }
+    }
+
+    /// Adds the entry `index` of the layer `layer` at `path` (relative to the image root, as
+    /// [`normalize`] gives it; `entry.target` of a hard link the same); false when the path is
+    /// neither below `image.path` nor on the way to it (then it is not kept). An error only
+    /// when the tree cannot hold it (see `tree`).
+    pub(super) fn add(
+        &mut self,
+        path: &str,
+        entry: &Entry,
+        layer: usize,
+        index: u64,
+    ) -> Result<bool> {
+        let Some((stored, chain)) = place(self.prefix, path) else {
+            return Ok(false);
+        };
+        let pos = encode_pos(layer, index) | if chain { CHAIN } else { 0 };
+        let n = self.parts.node(stored, entry, pos)?;
+        self.nodes.push(n);
+        Ok(true)
+    }
 }
 
 /// Marks a node of `image.path` itself or a directory on the way to it (its full path is
@@ -257,7 +291,7 @@ pub(super) fn fetch(
     // this list is a few MiB).
     let mut order: Vec<u32> = Vec::with_capacity(wanted.len());
     for &i in wanted {
-        if tree.entry(i).kind != Kind::File {
+        if tree.kind(i) != Kind::File {
             bail!("{:?} is not a file of the image", tree.path(i));
         }
         order.push(u32::try_from(i).context("a tree index past u32")?);
@@ -309,7 +343,7 @@ pub(super) fn fetch(
 
 /// Normalises a path from a tar header: relative, no `.` or empty components; `None` when it
 /// has `..` or is not UTF-8.
-fn normalize(raw: &[u8]) -> Option<String> {
+pub(super) fn normalize(raw: &[u8]) -> Option<String> {
     let s = std::str::from_utf8(raw).ok()?;
     let mut parts = Vec::new();
     for c in s.split('/') {

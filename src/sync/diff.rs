@@ -258,7 +258,7 @@ pub fn diff(
                     .iter()
                     .chain(if stat { &deleted[..] } else { &[] })
                     .filter_map(|p| tree.find(p))
-                    .filter(|&i| tree.entry(i).kind == Kind::File)
+                    .filter(|&i| tree.kind(i) == Kind::File)
                     .collect();
                 let mut old_texts = HashMap::new();
                 img.fetch(&tree, &wanted, &mut |i, r| {

@@ -292,7 +292,7 @@ impl<'a> Engine<'a> {
                                     == (m.e.kind, m.e.mode, m.e.size, m.e.mtime, m.e.mtime_nsec)
                                 && e.target == m.e.target
                         } else {
-                            e == &m.e
+                            e == m.e
                         };
                     if !unchanged {
                         todo.push(j as u32);
@@ -348,7 +348,7 @@ impl<'a> Engine<'a> {
                 }
             };
             let p = p.to_string();
-            let e = self.tree.entry(i).clone();
+            let e = self.tree.entry(i);
             if let Some(b) = self.decide(&mut dc, i, &p, e, m)? {
                 blocked = Some(b);
             }
@@ -382,7 +382,7 @@ impl<'a> Engine<'a> {
                 });
                 self.tree = tree;
                 for (i, h) in self.hashes.take().unwrap_or_default() {
-                    self.tree.entry_mut(i as usize).hash = Some(h);
+                    self.tree.set_hash(i as usize, h)?;
                 }
                 r?;
             }
@@ -468,7 +468,7 @@ impl Engine<'_> {
                         Some(live) => w.entry(
                             t,
                             &MEntry {
-                                e: self.tree.entry(i).clone(),
+                                e: self.tree.entry(i),
                                 live,
                             },
                         )?,
@@ -487,11 +487,12 @@ impl Engine<'_> {
     }
 
     /// Records what the new manifest says of tree entry `i`: `e`, with this live state.
-    fn record(&mut self, i: usize, e: Entry, live: (u64, i64, i64)) {
+    fn record(&mut self, i: usize, e: Entry, live: (u64, i64, i64)) -> Result<()> {
         if self.hashes.is_none() {
             // (In the content phase the tree is lent out; `write_file` keeps the hash.)
-            *self.tree.entry_mut(i) = e;
+            self.tree.set_entry(i, &e)?;
         }
         self.slots[i] = Slot::new(live);
+        Ok(())
     }
 }
