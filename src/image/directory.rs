@@ -98,7 +98,7 @@ pub(super) fn scan(root: BorrowedFd<'_>) -> Result<(Tree, String, Vec<String>)> 
     }
     let path = |n: &Node| parts.path(n);
     let mut order: Vec<u32> = (0..nodes.len() as u32).collect();
-    order.sort_unstable_by(|&a, &b| path(&nodes[a as usize]).cmp(path(&nodes[b as usize])));
+    order.sort_unstable_by(|&a, &b| parts.cmp(&nodes[a as usize], &nodes[b as usize]));
     let mut listing = blake3::Hasher::new();
     let mut line = String::new();
     for &k in &order {
@@ -117,7 +117,7 @@ pub(super) fn scan(root: BorrowedFd<'_>) -> Result<(Tree, String, Vec<String>)> 
             e.mtime_nsec,
             ctime.0,
             ctime.1,
-            n.pos,
+            { n.pos },
             e.target.as_deref().unwrap_or("")
         );
         listing.update(line.as_bytes());
@@ -240,7 +240,7 @@ pub(super) fn fetch(
 ) -> Result<()> {
     let mut dc = at::DirCache::new(rustix::io::dup(root)?);
     for &i in wanted {
-        f(i, &mut open_in_directory(&mut dc, tree.path(i), location)?)?;
+        f(i, &mut open_in_directory(&mut dc, &tree.path(i), location)?)?;
     }
     Ok(())
 }

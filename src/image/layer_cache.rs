@@ -119,7 +119,7 @@ impl LayerCache {
                 .iter()
                 .map(|n| {
                     NODE_FIXED
-                        + n.len as u64
+                        + parts.path(n).len() as u64
                         + parts.hash(n).map_or(0, |_| 32)
                         + parts.target(n).map_or(0, |t| 4 + t.len() as u64)
                 })
@@ -142,8 +142,10 @@ impl LayerCache {
             w.write_all(MAGIC)?;
             w.write_all(&VERSION.to_le_bytes())?;
             w.write_all(&(nodes.len() as u64).to_le_bytes())?;
+            let mut path = String::new();
             for n in nodes {
                 let e = &parts.entry(n);
+                let path = parts.path_into(n, &mut path);
                 let mut b = [0u8; NODE_FIXED as usize];
                 b[0..8].copy_from_slice(&n.pos.to_le_bytes());
                 b[8] = e.kind.letter() as u8;
@@ -152,7 +154,7 @@ impl LayerCache {
                 b[21..29].copy_from_slice(&e.mtime.to_le_bytes());
                 b[29..33].copy_from_slice(&e.mtime_nsec.to_le_bytes());
                 b[33] = u8::from(e.hash.is_some()) | (u8::from(e.target.is_some()) << 1);
-                b[34..38].copy_from_slice(&u32::from(n.len).to_le_bytes());
+                b[34..38].copy_from_slice(&(path.len() as u32).to_le_bytes());
                 w.write_all(&b)?;
                 if let Some(h) = &e.hash {
                     w.write_all(h)?;
@@ -161,7 +163,7 @@ impl LayerCache {
                     w.write_all(&(t.len() as u32).to_le_bytes())?;
                     w.write_all(t.as_bytes())?;
                 }
-                w.write_all(parts.path(n).as_bytes())?;
+                w.write_all(path.as_bytes())?;
             }
             for list in [whiteouts, opaque, notes] {
                 w.write_all(&(list.len() as u64).to_le_bytes())?;
@@ -512,8 +514,9 @@ mod tests {
             check(&b, &format!("bit flipped at {i}"));
         }
         // A path climbing out, even with a matching checksum.
-        let (mut parts, nodes) = sample();
-        parts.paths = parts.paths.replace("x/l", "../");
+        let (mut parts, mut nodes) = sample();
+        let e = parts.entry(&nodes[0]);
+        nodes[0] = parts.node("x/..", &e, nodes[0].pos).unwrap();
         c.store("k", &parts, &nodes, &[], &[], &[]);
         check(&std::fs::read(&file).unwrap(), "a path with ..");
         // Extra bytes.

@@ -110,13 +110,12 @@ pub(super) fn merge(
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
     parts.shrink_to_fit();
-    let s = |n: &Node| parts.path(n);
     // The tree's nodes first, sorted by (path, sequence); then the few on the way to it.
     nodes.sort_unstable_by(|a, b| {
         (a.pos & CHAIN)
             .cmp(&(b.pos & CHAIN))
-            .then_with(|| s(a).cmp(s(b)))
-            .then(a.pos.cmp(&b.pos))
+            .then_with(|| parts.cmp(a, b))
+            .then({ a.pos }.cmp(&{ b.pos }))
     });
     let mut chain = nodes.split_off(nodes.partition_point(|n| n.pos & CHAIN == 0));
     for n in &mut chain {
@@ -131,21 +130,16 @@ pub(super) fn merge(
     };
     // Where a resolved hard link's content is (by the link's sequence).
     let content = resolve_links(&mut parts, &mut nodes, &chain, rm, prefix, notes)?;
-    let s = |n: &Node| parts.path(n);
+    let parts = parts;
     // The tree root must be a real directory all the way down in the image; what a
     // non-directory on the way to it hid stays hidden.
-    let run = |nodes: &[Node], p: &str| {
-        let lo = nodes.partition_point(|n| s(n) < p);
-        let hi = lo + nodes[lo..].partition_point(|n| s(n) == p);
-        lo..hi
-    };
     let mut root_hide = 0u64;
     if !prefix.is_empty() {
         let mut end = 0;
         for c in prefix.split('/') {
             end += c.len() + usize::from(end > 0);
             let acc = &prefix[..end];
-            let r = run(&chain, acc);
+            let r = run(&parts, &chain, acc);
             for n in &chain[r.clone()] {
                 if n.kind() != Kind::Dir {
                     root_hide = root_hide.max(n.pos);
@@ -164,21 +158,24 @@ pub(super) fn merge(
         }
     }
     drop(chain);
-    // Directories of the output (relative path -> the highest sequence of a non-directory at
-    // it or an ancestor: what is older is hidden below it).
-    let mut dirs: HashMap<&str, u64> = HashMap::new();
+    // Directories of the output, by their index in the table of directories (-> the highest
+    // sequence of a non-directory at it or an ancestor: what is older is hidden below it;
+    // `u64::MAX`: not in the output).
+    const NONE: u64 = u64::MAX;
+    let mut dirs: Vec<u64> = Vec::new();
     let mut implicit: Vec<Node> = Vec::new();
     let mut w = 0;
     let mut r = 0;
     let hi = nodes.len();
+    let mut p = String::new();
     while r < hi {
-        let p = s(&nodes[r]);
+        parts.path_into(&nodes[r], &mut p);
         let mut end = r + 1;
         let mut nondir = 0;
         if nodes[r].kind() != Kind::Dir {
             nondir = nodes[r].pos;
         }
-        while end < hi && s(&nodes[end]) == p {
+        while end < hi && parts.same(&nodes[end], &nodes[r]) {
             if nodes[end].kind() != Kind::Dir {
                 nondir = nondir.max(nodes[end].pos);
             }
@@ -187,26 +184,28 @@ pub(super) fn merge(
         let win = end - 1;
         r = end;
         let seq = nodes[win].pos;
-        if rm.hides(p, decode_pos(seq).0, usize::MAX) {
+        if rm.hides(&p, decode_pos(seq).0, usize::MAX) {
             continue;
         }
-        let rel = p;
-        // The nearest ancestor in the output, and the ones missing on the way to it.
-        let mut missing: Vec<&str> = Vec::new();
+        let rel = p.as_str();
+        // The nearest ancestor in the output, and the ones missing on the way to it (each a
+        // directory of the table: it holds every ancestor of every entry).
+        let mut missing: Vec<u32> = Vec::new();
         let mut anc = rel;
         let parent = loop {
             let Some(i) = anc.rfind('/') else {
                 break Ok(root_hide);
             };
             anc = &anc[..i];
-            if let Some(&h) = dirs.get(anc) {
+            let d = parts.find_dir(anc);
+            if let Some(&h) = d.and_then(|d| dirs.get(d as usize)).filter(|&&h| h != NONE) {
                 break Ok(h);
             }
-            let found = nodes[..w].binary_search_by(|n| s(n).cmp(anc));
+            let found = nodes[..w].binary_search_by(|n| parts.cmp_str(n, anc));
             if let Ok(j) = found {
                 break Err(nodes[j].pos);
             }
-            missing.push(anc);
+            missing.extend(d);
         };
         let hide = match parent {
             Ok(h) if h > seq => continue,
@@ -220,13 +219,20 @@ pub(super) fn merge(
                 continue;
             }
         };
+        let mut set = |d: u32, h: u64| {
+            if dirs.len() <= d as usize {
+                dirs.resize(d as usize + 1, NONE);
+            }
+            dirs[d as usize] = h;
+        };
         for m in missing {
-            let off = m.as_ptr() as usize - parts.paths.as_ptr() as usize;
-            implicit.push(Node::dir_0755(off as u32, m.len() as u16));
-            dirs.insert(m, hide);
+            implicit.push(parts.dir_node(m));
+            set(m, hide);
         }
         if nodes[win].kind() == Kind::Dir {
-            dirs.insert(rel, hide.max(nondir));
+            if let Some(d) = parts.find_dir(rel) {
+                set(d, hide.max(nondir));
+            }
         }
         nodes.swap(w, win);
         w += 1;
@@ -235,17 +241,24 @@ pub(super) fn merge(
     nodes.truncate(w);
     if !implicit.is_empty() {
         nodes.append(&mut implicit);
-        nodes.sort_unstable_by(|a, b| s(a).cmp(s(b)));
+        nodes.sort_unstable_by(|a, b| parts.cmp(a, b));
     }
     if !content.is_empty() {
         for n in &mut nodes {
-            if let Some(&c) = content.get(&n.pos) {
+            if let Some(&c) = content.get(&{ n.pos }) {
                 n.pos = c;
             }
         }
     }
     nodes.shrink_to_fit();
     Ok(Tree::from_parts(parts, nodes))
+}
+
+/// The nodes (sorted by path) at `p`.
+fn run(parts: &Parts, nodes: &[Node], p: &str) -> std::ops::Range<usize> {
+    let lo = nodes.partition_point(|n| parts.cmp_str(n, p).is_lt());
+    let hi = lo + nodes[lo..].partition_point(|n| parts.cmp_str(n, p).is_eq());
+    lo..hi
 }
 
 /// Resolves each hard link (in the order they were read) to the entry at its target that was
@@ -269,11 +282,6 @@ fn resolve_links(
         return Ok(content);
     }
     links.sort_unstable();
-    let run = |parts: &Parts, nodes: &[Node], p: &str| {
-        let lo = nodes.partition_point(|n| parts.path(n) < p);
-        let hi = lo + nodes[lo..].partition_point(|n| parts.path(n) == p);
-        lo..hi
-    };
     let mut dead = false;
     for (seq, i) in links {
         let src = {
@@ -308,7 +316,12 @@ fn resolve_links(
                     true
                 })
                 .filter(|c| c.kind() == Kind::File && !is_link(c) && c.has_hash())
-                .map(|c| (parts.entry(c), *content.get(&c.pos).unwrap_or(&c.pos)))
+                .map(|c| {
+                    (
+                        parts.entry(c),
+                        *content.get(&{ c.pos }).unwrap_or(&{ c.pos }),
+                    )
+                })
         };
         match src {
             Some((src, pos)) => {

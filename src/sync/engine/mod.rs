@@ -259,21 +259,29 @@ impl<'a> Engine<'a> {
         let n = self.tree.len();
         let mut j = 0;
         let mut more = old.next()?;
+        // The path of tree entry j (built: the tree keeps each directory's path once).
+        let mut tp = String::new();
+        if n > 0 {
+            self.tree.path_into(0, &mut tp);
+        }
         loop {
-            while j < n && (!more || self.tree.path(j) < old.path()) {
+            while j < n && (!more || tp.as_str() < old.path()) {
                 if let Some(pr) = &self.progress {
                     pr.scanned(1);
                 }
-                if in_scope(&self.opts.scope, self.tree.path(j)) {
+                if in_scope(&self.opts.scope, &tp) {
                     todo.push(j as u32);
                 }
                 j += 1;
+                if j < n {
+                    self.tree.path_into(j, &mut tp);
+                }
             }
             if !more {
                 break;
             }
             let p = old.path();
-            if j < n && self.tree.path(j) == p {
+            if j < n && tp == p {
                 if let Some(pr) = &self.progress {
                     pr.scanned(1);
                 }
@@ -305,6 +313,9 @@ impl<'a> Engine<'a> {
                     }
                 }
                 j += 1;
+                if j < n {
+                    self.tree.path_into(j, &mut tp);
+                }
             } else if in_scope(&self.opts.scope, p) {
                 self.gone.push((p.to_string(), old.entry()?));
             }
@@ -332,7 +343,7 @@ impl<'a> Engine<'a> {
         let mut blocked: Option<String> = None;
         for &i in &todo {
             let i = i as usize;
-            let p = self.tree.path(i);
+            let p = self.tree.path_into(i, &mut tp);
             if blocked.as_deref().is_some_and(|b| under(p, b)) {
                 continue;
             }
@@ -452,8 +463,9 @@ impl Engine<'_> {
         let mut w = Writer::create(self.cfg)?;
         let mut more = old.next()?;
         let mut i = 0;
+        let mut tp = String::new();
         while more || i < self.tree.len() {
-            let t = (i < self.tree.len()).then(|| self.tree.path(i));
+            let t = (i < self.tree.len()).then(|| self.tree.path_into(i, &mut tp));
             let o = more.then(|| old.path());
             match (o, t) {
                 (Some(o), t) if t.is_none_or(|t| o < t) => {

@@ -96,7 +96,7 @@ impl Engine<'_> {
             seen: None,
             backup: false,
         });
-        let p = tree.path(i);
+        let p = &tree.path(i);
         let mut e = tree.entry(i);
         let (parent, name) = at::split(p);
         let d = match dc.open(parent)? {
