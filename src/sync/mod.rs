@@ -46,6 +46,7 @@ mod editors;
 mod engine;
 mod live;
 mod manifest;
+mod paths;
 mod recover;
 mod reset;
 

@@ -371,9 +371,12 @@ impl<'a> Engine<'a> {
             crate::logging::peak_mib()
         );
         // Phase 3: file contents (layer order for layered images).
-        let wanted: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i] == Slot::QUEUED)
-            .collect();
+        // (What phase 2 worked through goes first: on a first sync it is every entry.)
+        drop(todo);
+        let queued = |i: &usize| self.slots[*i] == Slot::QUEUED;
+        let mut wanted: Vec<usize> =
+            Vec::with_capacity((0..self.slots.len()).filter(queued).count());
+        wanted.extend((0..self.slots.len()).filter(queued));
         if !self.opts.dry_run && !wanted.is_empty() {
             // While the tree is lent to the fetch, the hashes of files written without one
             // wait aside. Only the `directory` source has such files (every one on a first
