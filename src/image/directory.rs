@@ -56,7 +56,7 @@ pub(super) fn open(cfg: &Config) -> Result<Image> {
 /// target).
 ///
 /// Memory: this is the peak of a `directory` sync's first phase, so each thread appends its
-/// paths to one arena and its entries to one vector of tree nodes (no `String` per path), the
+/// names to one set of tree parts and its entries to one vector of nodes (no `String` per path), the
 /// threads' parts are concatenated (the large buffers grow in place), and the nodes are put in
 /// path order by sorting a vector of `u32` indices and applying that permutation in place. What
 /// the digest also covers (inode, ctime) rides along: the inode in the node's `pos` (0 in the
@@ -151,7 +151,7 @@ fn permute<T>(v: &mut [T], order: &mut [u32]) {
     }
 }
 
-/// One thread's part of a directory image scan: its paths in one arena, its entries as tree
+/// One thread's part of a directory image scan: its names and directories in tree parts, its entries as tree
 /// nodes (`pos` holds the inode until the scan ends), their ctimes beside them.
 #[derive(Default)]
 struct ScanVisitor {

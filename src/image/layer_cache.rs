@@ -13,7 +13,7 @@
 //! depends on, and files are written whole under a temporary name, then renamed).
 //!
 //! The format is binary, so a load runs at about the speed of reading the file, straight into
-//! the tree's path arena and nodes: a header (`MWXLAYER`, a little-endian u32 version), the
+//! the tree's parts and nodes: a header (`MWXLAYER`, a little-endian u32 version), the
 //! nodes (fixed-size fields, then the hash, the target and the path, length-prefixed), the
 //! whiteouts, opaque directories and notes, and a BLAKE3 of all that at the end, so a cut or
 //! damaged file is a miss, never wrong data. Over 500 lines: the reader's checks and the damage
@@ -68,7 +68,7 @@ impl LayerCache {
         h.finalize().to_hex().to_string()
     }
 
-    /// Appends the cached nodes of the layer `layer` (its index in the chain) to `arena` and
+    /// Appends the cached nodes of the layer `layer` (its index in the chain) to `parts` and
     /// `nodes`; on a miss (or damage: then the file goes) both are left as they were.
     pub(super) fn load(
         &self,
@@ -248,7 +248,7 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Reads a cache file into `arena`/`nodes`; any inconsistency is an error (a miss).
+/// Reads a cache file into `parts`/`nodes`; any inconsistency is an error (a miss).
 fn read(
     f: std::fs::File,
     layer: usize,

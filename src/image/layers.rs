@@ -1,5 +1,5 @@
 //! Layered images (OCI layout and containerd): the layers' tar streams (plain, gzip or zstd)
-//! read, in order, into one path arena and node vector, which `merge` turns into the code tree
+//! read, in order, into one set of tree parts and node vector, which `merge` turns into the code tree
 //! below `image.path` (applying whiteouts and opaque directories); and the chosen files'
 //! contents streamed back out of the layers. Tar entries are data: an entry whose path climbs
 //! out with `..` or is not UTF-8, a hard link to anything but a file of the tree, a device or
@@ -31,7 +31,7 @@ pub(super) struct Limits {
 /// `notes`; each file of the tree knows where its content is (layer, entry index in the tar).
 /// Each layer stops at the given limits; the cache (if any) spares re-reading a layer chain.
 ///
-/// How: every layer's entries under `prefix` (and on the way to it) go into one path arena and
+/// How: every layer's entries under `prefix` (and on the way to it) go into one set of tree parts and
 /// one node vector, each node carrying its position (layer, tar index), which is also its
 /// sequence; one sort by (path, sequence); hard links resolved against what was visible when
 /// they were read; then one pass keeps the last entry of each path unless a whiteout or opaque

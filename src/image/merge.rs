@@ -1,5 +1,5 @@
 //! The merge of a layered image's entries into its code tree: every layer's entries (under
-//! `image.path` and on the way to it) are in one path arena and one node vector, each node
+//! `image.path` and on the way to it) are in one set of tree parts and one node vector, each node
 //! carrying its position (layer, tar index), which is also its sequence. One sort by (path,
 //! sequence); hard links resolved against what was visible when they were read; then one pass
 //! keeps the last entry of each path unless a whiteout or opaque marker of a higher layer, or a

@@ -6,6 +6,8 @@
 //! never follow a symlink of the live tree (directories come from a [`DirCache`], each opened
 //! from its parent's fd), never overwrite or remove an edit without `--force` and a backup
 //! first, and never create a named temp file that the journal does not list first.
+//! Over 500 lines: the four phases and the manifest's rewrite share the engine's state and its
+//! one pass beside the old manifest (the per-path work is already in the submodules).
 
 use super::live::collect_added;
 use super::manifest::{MEntry, Reader, Writer};
@@ -259,8 +261,7 @@ impl<'a> Engine<'a> {
         let n = self.tree.len();
         let mut j = 0;
         let mut more = old.next()?;
-        // The path of tree entry j (built: the tree keeps each directory's path once).
-        let mut tp = String::new();
+        let mut tp = String::new(); // the path of tree entry j
         if n > 0 {
             self.tree.path_into(0, &mut tp);
         }
@@ -371,11 +372,9 @@ impl<'a> Engine<'a> {
             crate::logging::peak_mib()
         );
         // Phase 3: file contents (layer order for layered images).
-        // (What phase 2 worked through goes first: on a first sync it is every entry.)
-        drop(todo);
+        drop(todo); // (on a first sync, every entry)
         let queued = |i: &usize| self.slots[*i] == Slot::QUEUED;
-        let mut wanted: Vec<usize> =
-            Vec::with_capacity((0..self.slots.len()).filter(queued).count());
+        let mut wanted = Vec::with_capacity((0..self.slots.len()).filter(queued).count());
         wanted.extend((0..self.slots.len()).filter(queued));
         if !self.opts.dry_run && !wanted.is_empty() {
             // While the tree is lent to the fetch, the hashes of files written without one
