@@ -4,7 +4,7 @@
 //! `sync` asks. It must never follow a symlink (every directory and file is opened from its
 //! parent's fd with `O_NOFOLLOW`), never descend into another filesystem, and never write.
 
-use super::tree::{check_arena, intern, Node};
+use super::tree::{Node, Parts};
 use super::{clean_mode, Backend, Entry, Image, Kind, Tree};
 use crate::config::Config;
 use crate::fs::at;
@@ -56,7 +56,7 @@ pub(super) fn open(cfg: &Config) -> Result<Image> {
 /// target).
 ///
 /// Memory: this is the peak of a `directory` sync's first phase, so each thread appends its
-/// paths to one arena and its entries to one vector of tree nodes (no `String` per path), the
+/// names to one set of tree parts and its entries to one vector of nodes (no `String` per path), the
 /// threads' parts are concatenated (the large buffers grow in place), and the nodes are put in
 /// path order by sorting a vector of `u32` indices and applying that permutation in place. What
 /// the digest also covers (inode, ctime) rides along: the inode in the node's `pos` (0 in the
@@ -71,13 +71,13 @@ pub(super) fn scan(root: BorrowedFd<'_>) -> Result<(Tree, String, Vec<String>)> 
         ..Default::default()
     };
     let workers = walk.parallel(root, "", ScanVisitor::default)?;
-    let mut arena = String::new();
+    let mut parts = Parts::default();
     let mut nodes: Vec<Node> = Vec::new();
     let mut ctimes: Vec<(i64, u32)> = Vec::new();
     let mut bad = Vec::new();
     for mut w in workers {
         if nodes.is_empty() {
-            (arena, nodes) = (std::mem::take(&mut w.arena), std::mem::take(&mut w.nodes));
+            (parts, nodes) = (std::mem::take(&mut w.parts), std::mem::take(&mut w.nodes));
             ctimes = std::mem::take(&mut w.ctimes);
         }
         // The rest are moved over from their end, a chunk of nodes and their paths at a time,
@@ -85,29 +85,26 @@ pub(super) fn scan(root: BorrowedFd<'_>) -> Result<(Tree, String, Vec<String>)> 
         // hold it twice. (A thread's paths are in the order of its nodes, back to back.)
         while !w.nodes.is_empty() {
             let from = w.nodes.len().saturating_sub(8192);
-            let start = w.nodes[from].off as usize;
-            let (base, _) = intern(&mut arena, &w.arena[start..])?;
-            let shift = base - start as u32;
-            nodes.extend(w.nodes.drain(from..).map(|mut n| {
-                n.off += shift;
-                n
-            }));
+            for n in &w.nodes[from..] {
+                nodes.push(parts.adopt(&w.parts, n)?);
+            }
+            w.parts.truncate_before(&w.nodes[from..]);
+            w.nodes.truncate(from);
             ctimes.extend(w.ctimes.drain(from..));
-            w.arena.truncate(start);
-            w.arena.shrink_to_fit();
+            w.parts.shrink_to_fit();
             w.nodes.shrink_to_fit();
         }
         bad.extend(w.bad);
     }
-    let path = |n: &Node| &arena[n.off as usize..(n.off + n.len) as usize];
+    let path = |n: &Node| parts.path(n);
     let mut order: Vec<u32> = (0..nodes.len() as u32).collect();
-    order.sort_unstable_by(|&a, &b| path(&nodes[a as usize]).cmp(path(&nodes[b as usize])));
+    order.sort_unstable_by(|&a, &b| parts.cmp(&nodes[a as usize], &nodes[b as usize]));
     let mut listing = blake3::Hasher::new();
     let mut line = String::new();
     for &k in &order {
         use std::fmt::Write as _;
         let (n, ctime) = (&nodes[k as usize], ctimes[k as usize]);
-        let e = &n.entry;
+        let e = &parts.entry(n);
         line.clear();
         let _ = writeln!(
             line,
@@ -120,7 +117,7 @@ pub(super) fn scan(root: BorrowedFd<'_>) -> Result<(Tree, String, Vec<String>)> 
             e.mtime_nsec,
             ctime.0,
             ctime.1,
-            n.pos,
+            { n.pos },
             e.target.as_deref().unwrap_or("")
         );
         listing.update(line.as_bytes());
@@ -132,9 +129,9 @@ pub(super) fn scan(root: BorrowedFd<'_>) -> Result<(Tree, String, Vec<String>)> 
     for n in &mut nodes {
         n.pos = 0;
     }
-    arena.shrink_to_fit();
+    parts.shrink_to_fit();
     nodes.shrink_to_fit();
-    Ok((Tree::from_parts(arena, nodes), digest, bad))
+    Ok((Tree::from_parts(parts, nodes), digest, bad))
 }
 
 /// Puts `v` in the order `order` gives (`v[k]` becomes the old `v[order[k]]`) in place, one
@@ -154,14 +151,16 @@ fn permute<T>(v: &mut [T], order: &mut [u32]) {
     }
 }
 
-/// One thread's part of a directory image scan: its paths in one arena, its entries as tree
+/// One thread's part of a directory image scan: its names and directories in tree parts, its entries as tree
 /// nodes (`pos` holds the inode until the scan ends), their ctimes beside them.
 #[derive(Default)]
 struct ScanVisitor {
-    arena: String,
+    parts: Parts,
     nodes: Vec<Node>,
     ctimes: Vec<(i64, u32)>,
     bad: Vec<String>,
+    /// The path being added.
+    buf: String,
 }
 
 impl crate::fs::walk::Visitor for ScanVisitor {
@@ -193,19 +192,15 @@ impl crate::fs::walk::Visitor for ScanVisitor {
         } else {
             None
         };
-        let off = self.arena.len();
+        self.buf.clear();
         if !e.parent_rel.is_empty() {
-            self.arena.push_str(e.parent_rel);
-            self.arena.push('/');
+            self.buf.push_str(e.parent_rel);
+            self.buf.push('/');
         }
-        self.arena.push_str(name);
-        let end = self.arena.len();
-        check_arena(end)?;
-        self.nodes.push(Node {
-            off: off as u32,
-            len: (end - off) as u32,
-            pos: st.st_ino,
-            entry: Entry {
+        self.buf.push_str(name);
+        let node = self.parts.node(
+            &self.buf,
+            &Entry {
                 kind,
                 mode: clean_mode(kind, st.st_mode),
                 size: if kind == Kind::File {
@@ -218,7 +213,9 @@ impl crate::fs::walk::Visitor for ScanVisitor {
                 hash: None,
                 target,
             },
-        });
+            st.st_ino,
+        )?;
+        self.nodes.push(node);
         self.ctimes.push((st.st_ctime, st.st_ctime_nsec as u32));
         Ok(kind == Kind::Dir)
     }
@@ -243,7 +240,7 @@ pub(super) fn fetch(
 ) -> Result<()> {
     let mut dc = at::DirCache::new(rustix::io::dup(root)?);
     for &i in wanted {
-        f(i, &mut open_in_directory(&mut dc, tree.path(i), location)?)?;
+        f(i, &mut open_in_directory(&mut dc, &tree.path(i), location)?)?;
     }
     Ok(())
 }

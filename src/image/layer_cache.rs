@@ -13,13 +13,13 @@
 //! depends on, and files are written whole under a temporary name, then renamed).
 //!
 //! The format is binary, so a load runs at about the speed of reading the file, straight into
-//! the tree's path arena and nodes: a header (`MWXLAYER`, a little-endian u32 version), the
+//! the tree's parts and nodes: a header (`MWXLAYER`, a little-endian u32 version), the
 //! nodes (fixed-size fields, then the hash, the target and the path, length-prefixed), the
 //! whiteouts, opaque directories and notes, and a BLAKE3 of all that at the end, so a cut or
 //! damaged file is a miss, never wrong data. Over 500 lines: the reader's checks and the damage
 //! tests sit next to the format they check.
 
-use super::tree::{intern, Node};
+use super::tree::{Node, Parts};
 use super::{Entry, Kind};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
@@ -44,10 +44,6 @@ pub(super) struct Parsed {
 /// A relative path with no empty, `.` or `..` component (what the tar reader produces).
 fn clean(p: &str) -> bool {
     p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
-}
-
-fn path_of<'a>(arena: &'a str, n: &Node) -> &'a str {
-    &arena[n.off as usize..(n.off + n.len) as usize]
 }
 
 impl LayerCache {
@@ -84,19 +80,19 @@ impl LayerCache {
         h.finalize().to_hex().to_string()
     }
 
-    /// Appends the cached nodes of the layer `layer` (its index in the chain) to `arena` and
+    /// Appends the cached nodes of the layer `layer` (its index in the chain) to `parts` and
     /// `nodes`; on a miss (or damage: then the file goes) both are left as they were.
     pub(super) fn load(
         &self,
         key: &str,
         layer: usize,
-        arena: &mut String,
+        parts: &mut Parts,
         nodes: &mut Vec<Node>,
     ) -> Option<Parsed> {
         let path = self.dir.join(key);
         let f = std::fs::File::open(&path).ok()?;
-        let (a0, n0) = (arena.len(), nodes.len());
-        match read(f, layer, arena, nodes) {
+        let (a0, n0) = (parts.mark(), nodes.len());
+        match read(f, layer, parts, nodes) {
             Ok(p) => {
                 // Touch it: eviction goes oldest first.
                 let _ = std::fs::File::options()
@@ -106,7 +102,7 @@ impl LayerCache {
                 Some(p)
             }
             Err(why) => {
-                arena.truncate(a0);
+                parts.truncate(a0);
                 nodes.truncate(n0);
                 log::warn!(
                     "the layer cache file {} is damaged ({why}): removed, the layer is read again",
@@ -122,7 +118,7 @@ impl LayerCache {
     pub(super) fn store(
         &self,
         key: &str,
-        arena: &str,
+        parts: &Parts,
         nodes: &[Node],
         whiteouts: &[String],
         opaque: &[String],
@@ -135,9 +131,9 @@ impl LayerCache {
                 .iter()
                 .map(|n| {
                     NODE_FIXED
-                        + n.len as u64
-                        + n.entry.hash.map_or(0, |_| 32)
-                        + n.entry.target.as_ref().map_or(0, |t| 4 + t.len() as u64)
+                        + parts.path(n).len() as u64
+                        + parts.hash(n).map_or(0, |_| 32)
+                        + parts.target(n).map_or(0, |t| 4 + t.len() as u64)
                 })
                 .sum::<u64>()
             + 24
@@ -158,8 +154,10 @@ impl LayerCache {
             w.write_all(MAGIC)?;
             w.write_all(&VERSION.to_le_bytes())?;
             w.write_all(&(nodes.len() as u64).to_le_bytes())?;
+            let mut path = String::new();
             for n in nodes {
-                let e = &n.entry;
+                let e = &parts.entry(n);
+                let path = parts.path_into(n, &mut path);
                 let mut b = [0u8; NODE_FIXED as usize];
                 b[0..8].copy_from_slice(&n.pos.to_le_bytes());
                 b[8] = e.kind.letter() as u8;
@@ -168,7 +166,7 @@ impl LayerCache {
                 b[21..29].copy_from_slice(&e.mtime.to_le_bytes());
                 b[29..33].copy_from_slice(&e.mtime_nsec.to_le_bytes());
                 b[33] = u8::from(e.hash.is_some()) | (u8::from(e.target.is_some()) << 1);
-                b[34..38].copy_from_slice(&n.len.to_le_bytes());
+                b[34..38].copy_from_slice(&(path.len() as u32).to_le_bytes());
                 w.write_all(&b)?;
                 if let Some(h) = &e.hash {
                     w.write_all(h)?;
@@ -177,7 +175,7 @@ impl LayerCache {
                     w.write_all(&(t.len() as u32).to_le_bytes())?;
                     w.write_all(t.as_bytes())?;
                 }
-                w.write_all(path_of(arena, n).as_bytes())?;
+                w.write_all(path.as_bytes())?;
             }
             for list in [whiteouts, opaque, notes] {
                 w.write_all(&(list.len() as u64).to_le_bytes())?;
@@ -262,11 +260,11 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Reads a cache file into `arena`/`nodes`; any inconsistency is an error (a miss).
+/// Reads a cache file into `parts`/`nodes`; any inconsistency is an error (a miss).
 fn read(
     f: std::fs::File,
     layer: usize,
-    arena: &mut String,
+    parts: &mut Parts,
     nodes: &mut Vec<Node>,
 ) -> Result<Parsed, String> {
     let len = f.metadata().map_err(|e| e.to_string())?.len();
@@ -358,21 +356,17 @@ fn read(
         if !clean(p) {
             return Err(format!("a path that is not clean: {p:?}"));
         }
-        let (off, plen) = intern(arena, p).map_err(|e| e.to_string())?;
-        nodes.push(Node {
-            off,
-            len: plen,
-            pos,
-            entry: Entry {
-                kind,
-                mode: le4(9),
-                size: le8(13),
-                mtime: le8(21) as i64,
-                mtime_nsec: le4(29),
-                hash,
-                target,
-            },
-        });
+        let entry = Entry {
+            kind,
+            mode: le4(9),
+            size: le8(13),
+            mtime: le8(21) as i64,
+            mtime_nsec: le4(29),
+            hash,
+            target,
+        };
+        let n = parts.node(p, &entry, pos).map_err(|e| e.to_string())?;
+        nodes.push(n);
     }
     let mut lists: [Vec<String>; 3] = Default::default();
     for (li, list) in lists.iter_mut().enumerate() {
@@ -416,7 +410,7 @@ fn read(
 mod tests {
     use super::*;
 
-    fn sample() -> (String, Vec<Node>) {
+    fn sample() -> (Parts, Vec<Node>) {
         let e = Entry {
             kind: Kind::Symlink,
             mode: 0o777,
@@ -444,56 +438,45 @@ mod tests {
             hash: None,
             target: Some("x/l".into()),
         };
-        let mut arena = String::new();
+        let mut parts = Parts::default();
         let mut nodes = Vec::new();
         for (p, e, pos) in [("x/l", e, 9), ("x/f\nz", f, 10), ("x/h", link, 11)] {
-            let (off, len) = intern(&mut arena, p).unwrap();
-            nodes.push(Node {
-                off,
-                len,
-                pos: (1 << 40) | pos,
-                entry: e,
-            });
+            nodes.push(parts.node(p, &e, (1 << 40) | pos).unwrap());
         }
-        (arena, nodes)
+        (parts, nodes)
     }
 
-    fn stored(dir: &std::path::Path) -> (LayerCache, String, Vec<Node>) {
+    fn stored(dir: &std::path::Path) -> (LayerCache, Parts, Vec<Node>) {
         let c = LayerCache::new(dir, 1 << 20).unwrap();
-        let (arena, nodes) = sample();
+        let (parts, nodes) = sample();
         c.store(
             "k",
-            &arena,
+            &parts,
             &nodes,
             &["x/w".into()],
             &["".into()],
             &["a note".into()],
         );
-        (c, arena, nodes)
+        (c, parts, nodes)
     }
 
-    fn listing(arena: &str, nodes: &[Node]) -> Vec<(String, Entry, u64)> {
+    fn listing(parts: &Parts, nodes: &[Node]) -> Vec<(String, Entry, u64)> {
         nodes
             .iter()
-            .map(|n| (path_of(arena, n).to_string(), n.entry.clone(), n.pos))
+            .map(|n| (parts.path(n).to_string(), parts.entry(n), n.pos))
             .collect()
     }
 
     #[test]
     fn a_stored_parse_loads_back_after_what_is_there() {
         let dir = tempfile::tempdir().unwrap();
-        let (c, arena, nodes) = stored(dir.path());
-        // Appended after what the arena and nodes already hold.
-        let mut a2 = "pre".to_string();
-        let mut n2 = vec![Node {
-            off: 0,
-            len: 3,
-            pos: 0,
-            entry: nodes[0].entry.clone(),
-        }];
+        let (c, parts, nodes) = stored(dir.path());
+        // Appended after what the parts and nodes already hold.
+        let mut a2 = Parts::default();
+        let mut n2 = vec![a2.node("pre", &parts.entry(&nodes[0]), 0).unwrap()];
         let p = c.load("k", 1, &mut a2, &mut n2).unwrap();
-        assert_eq!(listing(&a2, &n2[1..]), listing(&arena, &nodes));
-        assert_eq!(path_of(&a2, &n2[0]), "pre");
+        assert_eq!(listing(&a2, &n2[1..]), listing(&parts, &nodes));
+        assert_eq!(a2.path(&n2[0]), "pre");
         assert_eq!(
             p,
             Parsed {
@@ -503,9 +486,9 @@ mod tests {
             }
         );
         // Another layer index in the chain is not this file's, and a miss adds nothing.
-        let before = (a2.len(), n2.len());
+        let before = (a2.mark(), n2.len());
         assert!(c.load("k", 2, &mut a2, &mut n2).is_none());
-        assert_eq!((a2.len(), n2.len()), before);
+        assert_eq!((a2.mark(), n2.len()), before);
     }
 
     #[test]
@@ -516,9 +499,12 @@ mod tests {
         let bytes = std::fs::read(&file).unwrap();
         let check = |b: &[u8], what: &str| {
             std::fs::write(&file, b).unwrap();
-            let (mut a, mut n) = (String::new(), Vec::new());
+            let (mut a, mut n) = (Parts::default(), Vec::new());
             assert!(c.load("k", 1, &mut a, &mut n).is_none(), "{what}");
-            assert!(a.is_empty() && n.is_empty(), "{what}: left partial nodes");
+            assert!(
+                a.mark() == (0, 0, 0) && n.is_empty(),
+                "{what}: left partial nodes"
+            );
             assert!(!file.exists(), "{what}: the damaged file stays");
         };
         // Cut anywhere.
@@ -540,10 +526,10 @@ mod tests {
             check(&b, &format!("bit flipped at {i}"));
         }
         // A path climbing out, even with a matching checksum.
-        let (arena, mut nodes) = sample();
-        let arena = arena.replace("x/l", "../");
-        nodes[0].len = 3;
-        c.store("k", &arena, &nodes, &[], &[], &[]);
+        let (mut parts, mut nodes) = sample();
+        let e = parts.entry(&nodes[0]);
+        nodes[0] = parts.node("x/..", &e, nodes[0].pos).unwrap();
+        c.store("k", &parts, &nodes, &[], &[], &[]);
         check(&std::fs::read(&file).unwrap(), "a path with ..");
         // Extra bytes.
         let mut b = bytes.clone();
@@ -556,7 +542,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = LayerCache::new(dir.path(), 300).unwrap();
         for k in ["a", "b", "c", "d"] {
-            c.store(k, "", &[], &[], &[], &["n".repeat(60)]);
+            c.store(k, &Parts::default(), &[], &[], &[], &["n".repeat(60)]);
         }
         let total: u64 = std::fs::read_dir(dir.path().join("layers"))
             .unwrap()
@@ -564,7 +550,7 @@ mod tests {
             .sum();
         assert!(total <= 300, "{total}");
         assert!(c
-            .load("d", 0, &mut String::new(), &mut Vec::new())
+            .load("d", 0, &mut Parts::default(), &mut Vec::new())
             .is_some());
     }
 }

@@ -1,5 +1,5 @@
 //! Layered images (OCI layout and containerd): the layers' tar streams (plain, gzip or zstd)
-//! read, in order, into one path arena and node vector, which `merge` turns into the code tree
+//! read, in order, into one set of tree parts and node vector, which `merge` turns into the code tree
 //! below `image.path` (applying whiteouts and opaque directories); and the chosen files'
 //! contents streamed back out of the layers. Tar entries are data: an entry whose path climbs
 //! out with `..` or is not UTF-8, a hard link to anything but a file of the tree, a device or
@@ -13,7 +13,7 @@
 use super::layer_cache::LayerCache;
 use super::merge::Marks;
 use super::oci::Store;
-use super::tree::{intern, Node};
+use super::tree::{Node, Parts};
 use super::verify::Limited;
 use super::{clean_mode, Entry, Kind, Tree};
 use crate::fs::at;
@@ -31,7 +31,7 @@ pub(super) struct Limits {
 /// `notes`; each file of the tree knows where its content is (layer, entry index in the tar).
 /// Each layer stops at the given limits; the cache (if any) spares re-reading a layer chain.
 ///
-/// How: every layer's entries under `prefix` (and on the way to it) go into one path arena and
+/// How: every layer's entries under `prefix` (and on the way to it) go into one set of tree parts and
 /// one node vector, each node carrying its position (layer, tar index), which is also its
 /// sequence; one sort by (path, sequence); hard links resolved against what was visible when
 /// they were read; then one pass keeps the last entry of each path unless a whiteout or opaque
@@ -44,25 +44,26 @@ pub(super) fn tree(
     (limits, cache): (Limits, Option<&LayerCache>),
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
-    let mut g = Gather::default();
-    let mut marks = Marks::default();
+    let mut ing = Ingest::new(prefix);
     let under = |p: &str| prefix.is_empty() || p == prefix || p.starts_with(&format!("{prefix}/"));
     for (li, (digest, mt)) in layers.iter().enumerate() {
         let key = cache.map(|c| (c, LayerCache::key(prefix, &layers[..=li])));
         if let Some(p) = key
             .as_ref()
-            .and_then(|(c, k)| c.load(k, li, &mut g.arena, &mut g.nodes))
+            .and_then(|(c, k)| c.load(k, li, &mut ing.parts, &mut ing.nodes))
         {
             log::debug!("layer {digest}: from the layer cache");
             notes.extend(p.notes);
-            marks.add(li, p.whiteouts, p.opaque);
+            ing.marks.add(li, p.whiteouts, p.opaque);
             continue;
         }
-        let first_node = g.nodes.len();
+        let first_node = ing.nodes.len();
         let notes_before = notes.len();
         let (raw, verified) = store.open_verified(digest)?;
         let r = Limited::new(decompress(mt, raw)?, limits.max_bytes, digest);
         let mut ar = tar::Archive::new(r);
+        let mut whiteouts = Vec::new();
+        let mut opaque = Vec::new();
         // A damaged or tampered blob reports its digest mismatch, not whatever the tar parser
         // tripped over first.
         let parsed = (|| -> Result<()> {
@@ -91,18 +92,16 @@ pub(super) fn tree(
                     continue;
                 }
                 let (parent, name) = at::split(&path);
-                let pos = encode_pos(li, ei as u64);
                 if name == ".wh..wh..opq" {
-                    add(&mut g, prefix, parent, Item::Opaque, pos)?;
+                    opaque.push(parent.to_string());
                     continue;
                 }
                 if let Some(hidden) = name.strip_prefix(".wh.") {
-                    let p = if parent.is_empty() {
+                    whiteouts.push(if parent.is_empty() {
                         hidden.to_string()
                     } else {
                         format!("{parent}/{hidden}")
-                    };
-                    add(&mut g, prefix, &p, Item::Whiteout, pos)?;
+                    });
                     continue;
                 }
                 if place(prefix, &path).is_none() {
@@ -184,7 +183,7 @@ pub(super) fn tree(
                     }
                     continue;
                 };
-                add(&mut g, prefix, &path, Item::Entry(entry), pos)?;
+                ing.add(&path, &entry, li, ei as u64)?;
             }
             Ok(())
         })();
@@ -203,66 +202,58 @@ pub(super) fn tree(
         if let Some((c, k)) = &key {
             c.store(
                 k,
-                &g.arena,
-                &g.nodes[first_node..],
-                &g.whiteouts,
-                &g.opaque,
+                &ing.parts,
+                &ing.nodes[first_node..],
+                &whiteouts,
+                &opaque,
                 &notes[notes_before..],
             );
         }
-        marks.add(
-            li,
-            std::mem::take(&mut g.whiteouts),
-            std::mem::take(&mut g.opaque),
-        );
+        ing.marks.add(li, whiteouts, opaque);
     }
-    super::merge::merge(g.arena, g.nodes, &marks, prefix, reference, notes)
+    super::merge::merge(ing.parts, ing.nodes, &ing.marks, prefix, reference, notes)
 }
 
-/// What the layers read so far hold, on its way to the merge: every entry's path and node,
-/// and the current layer's whiteouts and opaque directories (handed to [`Marks`] at its end).
-#[derive(Default)]
-pub(super) struct Gather {
-    pub(super) arena: String,
+/// The layers' entries as they are read, before the merge. Every layer reader adds an entry
+/// through [`Ingest::add`] and a layer's whiteouts and opaque directories through
+/// `marks.add(layer, whiteouts, opaque)` (paths relative to the image root, as the entries'
+/// are); the layer cache loads its nodes into `parts` and `nodes` directly.
+pub(super) struct Ingest<'p> {
+    pub(super) parts: Parts,
     pub(super) nodes: Vec<Node>,
-    pub(super) whiteouts: Vec<String>,
-    pub(super) opaque: Vec<String>,
+    pub(super) marks: Marks,
+    prefix: &'p str,
 }
 
-/// One item of a layer: an entry, or a whiteout of its path, or its path marked opaque.
-pub(super) enum Item {
-    Entry(Entry),
-    Whiteout,
-    Opaque,
-}
+impl<'p> Ingest<'p> {
+    pub(super) fn new(prefix: &'p str) -> Ingest<'p> {
+        Ingest {
+            parts: Parts::default(),
+            nodes: Vec::new(),
+            marks: Marks::default(),
+            prefix,
+        }
+    }
 
-/// Adds one item of a layer, by its path relative to the image root and its position (layer,
-/// index in the layer), as the merge wants it: entries below `prefix` by their path relative
-/// to it, those on the way to it marked [`CHAIN`], the rest dropped. Every source of layers
-/// (tar streams, unpacked snapshots) adds through here.
-pub(super) fn add(g: &mut Gather, prefix: &str, path: &str, item: Item, pos: u64) -> Result<()> {
-    let entry = match item {
-        Item::Whiteout => {
-            g.whiteouts.push(path.to_string());
-            return Ok(());
-        }
-        Item::Opaque => {
-            g.opaque.push(path.to_string());
-            return Ok(());
-        }
-        Item::Entry(e) => e,
-    };
-    let Some((stored, chain)) = place(prefix, path) else {
-        return Ok(());
-    };
-    let (off, len) = intern(&mut g.arena, stored)?;
-    g.nodes.push(Node {
-        off,
-        len,
-        pos: pos | if chain { CHAIN } else { 0 },
-        entry,
-    });
-    Ok(())
+    /// Adds the entry `index` of the layer `layer` at `path` (relative to the image root, as
+    /// [`normalize`] gives it; `entry.target` of a hard link the same); false when the path is
+    /// neither below `image.path` nor on the way to it (then it is not kept). An error only
+    /// when the tree cannot hold it (see `tree`).
+    pub(super) fn add(
+        &mut self,
+        path: &str,
+        entry: &Entry,
+        layer: usize,
+        index: u64,
+    ) -> Result<bool> {
+        let Some((stored, chain)) = place(self.prefix, path) else {
+            return Ok(false);
+        };
+        let pos = encode_pos(layer, index) | if chain { CHAIN } else { 0 };
+        let n = self.parts.node(stored, entry, pos)?;
+        self.nodes.push(n);
+        Ok(true)
+    }
 }
 
 /// Marks a node of `image.path` itself or a directory on the way to it (its full path is
@@ -300,7 +291,7 @@ pub(super) fn fetch(
     // this list is a few MiB).
     let mut order: Vec<u32> = Vec::with_capacity(wanted.len());
     for &i in wanted {
-        if tree.entry(i).kind != Kind::File {
+        if tree.kind(i) != Kind::File {
             bail!("{:?} is not a file of the image", tree.path(i));
         }
         order.push(u32::try_from(i).context("a tree index past u32")?);
@@ -352,7 +343,7 @@ pub(super) fn fetch(
 
 /// Normalises a path from a tar header: relative, no `.` or empty components; `None` when it
 /// has `..` or is not UTF-8.
-fn normalize(raw: &[u8]) -> Option<String> {
+pub(super) fn normalize(raw: &[u8]) -> Option<String> {
     let s = std::str::from_utf8(raw).ok()?;
     let mut parts = Vec::new();
     for c in s.split('/') {

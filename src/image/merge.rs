@@ -1,5 +1,5 @@
 //! The merge of a layered image's entries into its code tree: every layer's entries (under
-//! `image.path` and on the way to it) are in one path arena and one node vector, each node
+//! `image.path` and on the way to it) are in one set of tree parts and one node vector, each node
 //! carrying its position (layer, tar index), which is also its sequence. One sort by (path,
 //! sequence); hard links resolved against what was visible when they were read; then one pass
 //! keeps the last entry of each path unless a whiteout or opaque marker of a higher layer, or a
@@ -10,7 +10,7 @@
 //! its unit tests, which pin the merge to what applying the layers one by one gives, sit with it.
 
 use super::layers::{decode_pos, place, CHAIN};
-use super::tree::Node;
+use super::tree::{Node, Parts};
 use super::{Entry, Kind, Tree};
 use anyhow::{bail, Result};
 use std::collections::HashMap;
@@ -81,10 +81,11 @@ impl Marks {
 }
 
 /// A hard link waiting for its target: a `File` node with a `target` (a file never has one).
-fn is_link(e: &Entry) -> bool {
-    e.kind == Kind::File && e.target.is_some()
+fn is_link(n: &Node) -> bool {
+    n.kind() == Kind::File && n.has_target()
 }
 
+#[cfg(test)]
 fn dir_0755() -> Entry {
     Entry {
         kind: Kind::Dir,
@@ -101,21 +102,20 @@ fn dir_0755() -> Entry {
 /// `prefix` by their path relative to it, those of `prefix` and on the way to it (marked
 /// [`CHAIN`]) by their full path.
 pub(super) fn merge(
-    mut arena: String,
+    mut parts: Parts,
     mut nodes: Vec<Node>,
     marks: &Marks,
     prefix: &str,
     reference: &str,
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
-    arena.shrink_to_fit();
-    let s = |n: &Node| &arena[n.off as usize..(n.off + n.len) as usize];
+    parts.shrink_to_fit();
     // The tree's nodes first, sorted by (path, sequence); then the few on the way to it.
     nodes.sort_unstable_by(|a, b| {
         (a.pos & CHAIN)
             .cmp(&(b.pos & CHAIN))
-            .then_with(|| s(a).cmp(s(b)))
-            .then(a.pos.cmp(&b.pos))
+            .then_with(|| parts.cmp(a, b))
+            .then({ a.pos }.cmp(&{ b.pos }))
     });
     let mut chain = nodes.split_off(nodes.partition_point(|n| n.pos & CHAIN == 0));
     for n in &mut chain {
@@ -129,55 +129,54 @@ pub(super) fn merge(
         &rel_marks
     };
     // Where a resolved hard link's content is (by the link's sequence).
-    let content = resolve_links(&arena, &mut nodes, &chain, rm, prefix, notes);
+    let content = resolve_links(&mut parts, &mut nodes, &chain, rm, prefix, notes)?;
+    let parts = parts;
     // The tree root must be a real directory all the way down in the image; what a
     // non-directory on the way to it hid stays hidden.
-    let run = |nodes: &[Node], p: &str| {
-        let lo = nodes.partition_point(|n| s(n) < p);
-        let hi = lo + nodes[lo..].partition_point(|n| s(n) == p);
-        lo..hi
-    };
     let mut root_hide = 0u64;
     if !prefix.is_empty() {
         let mut end = 0;
         for c in prefix.split('/') {
             end += c.len() + usize::from(end > 0);
             let acc = &prefix[..end];
-            let r = run(&chain, acc);
+            let r = run(&parts, &chain, acc);
             for n in &chain[r.clone()] {
-                if n.entry.kind != Kind::Dir {
+                if n.kind() != Kind::Dir {
                     root_hide = root_hide.max(n.pos);
                 }
             }
             if let Some(w) = chain[r].last() {
                 let hidden = marks.hides(acc, decode_pos(w.pos).0, usize::MAX) || root_hide > w.pos;
-                if !hidden && w.entry.kind != Kind::Dir {
+                if !hidden && w.kind() != Kind::Dir {
                     bail!(
                         "in the image {}, /{acc} is not a directory (a {}); image.path must be a directory of the image",
                         reference,
-                        if w.entry.kind == Kind::Symlink { "symlink" } else { "file" }
+                        if w.kind() == Kind::Symlink { "symlink" } else { "file" }
                     );
                 }
             }
         }
     }
     drop(chain);
-    // Directories of the output (relative path -> the highest sequence of a non-directory at
-    // it or an ancestor: what is older is hidden below it).
-    let mut dirs: HashMap<&str, u64> = HashMap::new();
+    // Directories of the output, by their index in the table of directories (-> the highest
+    // sequence of a non-directory at it or an ancestor: what is older is hidden below it;
+    // `u64::MAX`: not in the output).
+    const NONE: u64 = u64::MAX;
+    let mut dirs: Vec<u64> = Vec::new();
     let mut implicit: Vec<Node> = Vec::new();
     let mut w = 0;
     let mut r = 0;
     let hi = nodes.len();
+    let mut p = String::new();
     while r < hi {
-        let p = s(&nodes[r]);
+        parts.path_into(&nodes[r], &mut p);
         let mut end = r + 1;
         let mut nondir = 0;
-        if nodes[r].entry.kind != Kind::Dir {
+        if nodes[r].kind() != Kind::Dir {
             nondir = nodes[r].pos;
         }
-        while end < hi && s(&nodes[end]) == p {
-            if nodes[end].entry.kind != Kind::Dir {
+        while end < hi && parts.same(&nodes[end], &nodes[r]) {
+            if nodes[end].kind() != Kind::Dir {
                 nondir = nondir.max(nodes[end].pos);
             }
             end += 1;
@@ -185,27 +184,28 @@ pub(super) fn merge(
         let win = end - 1;
         r = end;
         let seq = nodes[win].pos;
-        if rm.hides(p, decode_pos(seq).0, usize::MAX) {
+        if rm.hides(&p, decode_pos(seq).0, usize::MAX) {
             continue;
         }
-        let rel = p;
-        // The nearest ancestor in the output, and the ones missing on the way to it.
-        let mut missing: Vec<&str> = Vec::new();
+        let rel = p.as_str();
+        // The nearest ancestor in the output, and the ones missing on the way to it (each a
+        // directory of the table: it holds every ancestor of every entry).
+        let mut missing: Vec<u32> = Vec::new();
         let mut anc = rel;
         let parent = loop {
             let Some(i) = anc.rfind('/') else {
                 break Ok(root_hide);
             };
             anc = &anc[..i];
-            if let Some(&h) = dirs.get(anc) {
+            let d = parts.find_dir(anc);
+            if let Some(&h) = d.and_then(|d| dirs.get(d as usize)).filter(|&&h| h != NONE) {
                 break Ok(h);
             }
-            let found = nodes[..w]
-                .binary_search_by(|n| arena[n.off as usize..(n.off + n.len) as usize].cmp(anc));
+            let found = nodes[..w].binary_search_by(|n| parts.cmp_str(n, anc));
             if let Ok(j) = found {
                 break Err(nodes[j].pos);
             }
-            missing.push(anc);
+            missing.extend(d);
         };
         let hide = match parent {
             Ok(h) if h > seq => continue,
@@ -219,18 +219,20 @@ pub(super) fn merge(
                 continue;
             }
         };
+        let mut set = |d: u32, h: u64| {
+            if dirs.len() <= d as usize {
+                dirs.resize(d as usize + 1, NONE);
+            }
+            dirs[d as usize] = h;
+        };
         for m in missing {
-            let off = m.as_ptr() as usize - arena.as_ptr() as usize;
-            implicit.push(Node {
-                off: off as u32,
-                len: m.len() as u32,
-                pos: 0,
-                entry: dir_0755(),
-            });
-            dirs.insert(m, hide);
+            implicit.push(parts.dir_node(m));
+            set(m, hide);
         }
-        if nodes[win].entry.kind == Kind::Dir {
-            dirs.insert(rel, hide.max(nondir));
+        if nodes[win].kind() == Kind::Dir {
+            if let Some(d) = parts.find_dir(rel) {
+                set(d, hide.max(nondir));
+            }
         }
         nodes.swap(w, win);
         w += 1;
@@ -239,17 +241,24 @@ pub(super) fn merge(
     nodes.truncate(w);
     if !implicit.is_empty() {
         nodes.append(&mut implicit);
-        nodes.sort_unstable_by(|a, b| s(a).cmp(s(b)));
+        nodes.sort_unstable_by(|a, b| parts.cmp(a, b));
     }
     if !content.is_empty() {
         for n in &mut nodes {
-            if let Some(&c) = content.get(&n.pos) {
+            if let Some(&c) = content.get(&{ n.pos }) {
                 n.pos = c;
             }
         }
     }
     nodes.shrink_to_fit();
-    Ok(Tree::from_parts(arena, nodes))
+    Ok(Tree::from_parts(parts, nodes))
+}
+
+/// The nodes (sorted by path) at `p`.
+fn run(parts: &Parts, nodes: &[Node], p: &str) -> std::ops::Range<usize> {
+    let lo = nodes.partition_point(|n| parts.cmp_str(n, p).is_lt());
+    let hi = lo + nodes[lo..].partition_point(|n| parts.cmp_str(n, p).is_eq());
+    lo..hi
 }
 
 /// Resolves each hard link (in the order they were read) to the entry at its target that was
@@ -257,69 +266,71 @@ pub(super) fn merge(
 /// file of the tree. The link becomes a copy of that file (its own mtime); links that do not
 /// resolve are dropped with a note. Returns link sequence -> content position.
 fn resolve_links(
-    arena: &str,
+    parts: &mut Parts,
     nodes: &mut Vec<Node>,
     chain: &[Node],
     marks: &Marks,
     prefix: &str,
     notes: &mut Vec<String>,
-) -> HashMap<u64, u64> {
-    let s = |n: &Node| &arena[n.off as usize..(n.off + n.len) as usize];
+) -> Result<HashMap<u64, u64>> {
     let mut links: Vec<(u64, usize)> = (0..nodes.len())
-        .filter(|&i| is_link(&nodes[i].entry))
+        .filter(|&i| is_link(&nodes[i]))
         .map(|i| (nodes[i].pos, i))
         .collect();
     let mut content = HashMap::new();
     if links.is_empty() {
-        return content;
+        return Ok(content);
     }
     links.sort_unstable();
-    let run = |nodes: &[Node], p: &str| {
-        let lo = nodes.partition_point(|n| s(n) < p);
-        let hi = lo + nodes[lo..].partition_point(|n| s(n) == p);
-        lo..hi
-    };
     let mut dead = false;
     for (seq, i) in links {
-        let full = nodes[i].entry.target.clone().unwrap_or_default();
-        // Only a file below `prefix` can be a target (one on the way to it is a directory).
-        let t = match place(prefix, &full) {
-            Some((rel, false)) => rel,
-            _ => "",
-        };
-        let path = s(&nodes[i]);
-        let layer = decode_pos(seq).0;
-        let src = nodes[run(nodes, t)]
-            .iter()
-            .rfind(|n| n.pos < seq)
-            .filter(|c| {
-                let cl = decode_pos(c.pos).0;
-                if marks.hides(t, cl, layer) {
-                    return false;
-                }
-                // A non-directory put at an ancestor since then removed it.
-                let since = |n: &Node| n.entry.kind != Kind::Dir && c.pos < n.pos && n.pos < seq;
-                if chain.iter().any(since) {
-                    return false;
-                }
-                let mut a = t;
-                while let Some(k) = a.rfind('/') {
-                    a = &a[..k];
-                    if nodes[run(nodes, a)].iter().any(since) {
+        let src = {
+            let parts = &*parts;
+            let full = parts.target(&nodes[i]).unwrap_or_default();
+            // Only a file below `prefix` can be a target (one on the way to it is a directory).
+            let t = match place(prefix, full) {
+                Some((rel, false)) => rel,
+                _ => "",
+            };
+            let layer = decode_pos(seq).0;
+            nodes[run(parts, nodes, t)]
+                .iter()
+                .rfind(|n| n.pos < seq)
+                .filter(|c| {
+                    let cl = decode_pos(c.pos).0;
+                    if marks.hides(t, cl, layer) {
                         return false;
                     }
-                }
-                true
-            })
-            .filter(|c| c.entry.kind == Kind::File && !is_link(&c.entry) && c.entry.hash.is_some())
-            .map(|c| (c.entry.clone(), *content.get(&c.pos).unwrap_or(&c.pos)));
+                    // A non-directory put at an ancestor since then removed it.
+                    let since = |n: &Node| n.kind() != Kind::Dir && c.pos < n.pos && n.pos < seq;
+                    if chain.iter().any(since) {
+                        return false;
+                    }
+                    let mut a = t;
+                    while let Some(k) = a.rfind('/') {
+                        a = &a[..k];
+                        if nodes[run(parts, nodes, a)].iter().any(since) {
+                            return false;
+                        }
+                    }
+                    true
+                })
+                .filter(|c| c.kind() == Kind::File && !is_link(c) && c.has_hash())
+                .map(|c| {
+                    (
+                        parts.entry(c),
+                        *content.get(&{ c.pos }).unwrap_or(&{ c.pos }),
+                    )
+                })
+        };
         match src {
             Some((src, pos)) => {
-                let mtime = nodes[i].entry.mtime;
-                nodes[i].entry = Entry { mtime, ..src };
+                let mtime = nodes[i].mtime();
+                parts.set_entry(&mut nodes[i], &Entry { mtime, ..src })?;
                 content.insert(seq, pos);
             }
             None => {
+                let path = parts.path(&nodes[i]);
                 let path = if prefix.is_empty() {
                     path.to_string()
                 } else {
@@ -333,16 +344,14 @@ fn resolve_links(
         }
     }
     if dead {
-        nodes.retain(|n| !is_link(&n.entry));
+        nodes.retain(|n| !is_link(n));
     }
-    content
+    Ok(content)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::layers::{encode_pos, place, CHAIN};
-    use crate::image::tree::intern;
 
     enum I {
         D(&'static str),
@@ -358,7 +367,7 @@ mod tests {
 
     /// The tree below `prefix` of these layers, and the notes.
     fn merged(prefix: &str, layers: &[Vec<I>]) -> Result<(Vec<Row>, Vec<String>)> {
-        let (mut arena, mut nodes, mut marks) = (String::new(), Vec::new(), Marks::default());
+        let mut ing = crate::image::layers::Ingest::new(prefix);
         for (li, items) in layers.iter().enumerate() {
             let (mut wh, mut opq) = (Vec::new(), Vec::new());
             for (ei, it) in items.iter().enumerate() {
@@ -376,23 +385,16 @@ mod tests {
                         continue;
                     }
                 };
-                let (stored, on_the_way) = place(prefix, p).unwrap();
-                let (off, len) = intern(&mut arena, stored).unwrap();
                 let mut entry = dir_0755();
                 entry.kind = kind;
                 entry.hash = hash;
                 entry.target = target;
-                nodes.push(Node {
-                    off,
-                    len,
-                    pos: encode_pos(li, ei as u64) | if on_the_way { CHAIN } else { 0 },
-                    entry,
-                });
+                assert!(ing.add(p, &entry, li, ei as u64).unwrap(), "{p}");
             }
-            marks.add(li, wh, opq);
+            ing.marks.add(li, wh, opq);
         }
         let mut notes = Vec::new();
-        let t = merge(arena, nodes, &marks, prefix, "img", &mut notes)?;
+        let t = merge(ing.parts, ing.nodes, &ing.marks, prefix, "img", &mut notes)?;
         let list = (0..t.len())
             .map(|i| {
                 let e = t.entry(i);

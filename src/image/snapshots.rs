@@ -24,9 +24,7 @@
 //! their unit tests.)
 
 use super::containerd::Client;
-use super::layers::{self, add, encode_pos, Gather, Item};
-use super::merge::Marks;
-use super::tree::check_arena;
+use super::layers::{self, Ingest};
 use super::{clean_mode, Entry, Kind, Tree};
 use crate::fs::at;
 use anyhow::{bail, Context, Result};
@@ -35,6 +33,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// The snapshotters tried, in order: containerd's default, then the one without overlayfs.
 const SNAPSHOTTERS: [&str; 2] = ["overlayfs", "native"];
@@ -303,21 +302,25 @@ pub(super) fn tree(
     max_entries: u64,
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
-    let mut g = Gather::default();
-    let mut marks = Marks::default();
+    // One ingest for every layer and every walking thread (a lock per entry: the walk's
+    // threads read and hash outside it), so the tree is built once, never copied.
+    let ing = Mutex::new(Ingest::new(prefix));
     let seq = AtomicU64::new(0);
     for (li, dir) in view.dirs.iter().enumerate() {
         let root = at::open_dir_path(dir)
             .with_context(|| format!("opening the snapshot directory {}", dir.display()))?;
         let limit = (seq.load(Ordering::Relaxed) + max_entries, dir.as_path());
-        let mut ctx = Layer {
+        let layer = || Layer {
             li,
             prefix,
             limit,
             seq: &seq,
-            g: Gather::default(),
+            ing: &ing,
+            whiteouts: Vec::new(),
+            opaque: Vec::new(),
             notes: Vec::new(),
         };
+        let mut ctx = layer();
         // The way down to `prefix`, one component at a time.
         let mut fd = root;
         let mut rel = String::new();
@@ -345,12 +348,8 @@ pub(super) fn tree(
                 ctx.item(&rel, Item::Opaque)?;
             }
         }
-        let Layer {
-            g: mut lg,
-            notes: ln,
-            ..
-        } = ctx;
-        notes.extend(ln);
+        let (mut whiteouts, mut opaque) = (ctx.whiteouts, ctx.opaque);
+        notes.extend(ctx.notes);
         if reached {
             let threads = std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -361,56 +360,47 @@ pub(super) fn tree(
                 ..Default::default()
             };
             let parts = walk
-                .parallel(fd.as_fd(), prefix, || Layer {
-                    li,
-                    prefix,
-                    limit,
-                    seq: &seq,
-                    g: Gather::default(),
-                    notes: Vec::new(),
-                })
+                .parallel(fd.as_fd(), prefix, layer)
                 .with_context(|| format!("reading the snapshot directory {}", dir.display()))?;
             for p in parts {
-                append(&mut lg, p.g)?;
+                whiteouts.extend(p.whiteouts);
+                opaque.extend(p.opaque);
                 notes.extend(p.notes);
             }
         }
-        append(&mut g, lg)?;
-        marks.add(
-            li,
-            std::mem::take(&mut g.whiteouts),
-            std::mem::take(&mut g.opaque),
-        );
+        ing.lock()
+            .map_err(|_| anyhow::anyhow!("a snapshot reader thread panicked"))?
+            .marks
+            .add(li, whiteouts, opaque);
     }
-    super::merge::merge(g.arena, g.nodes, &marks, prefix, reference, notes)
+    let ing = ing
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a snapshot reader thread panicked"))?;
+    super::merge::merge(ing.parts, ing.nodes, &ing.marks, prefix, reference, notes)
 }
 
-/// Moves `b`'s paths, nodes and marks to the end of `a`'s.
-fn append(a: &mut Gather, b: Gather) -> Result<()> {
-    let shift = a.arena.len();
-    check_arena(shift + b.arena.len())?;
-    a.arena.push_str(&b.arena);
-    a.nodes.extend(b.nodes.into_iter().map(|mut n| {
-        n.off += shift as u32;
-        n
-    }));
-    a.whiteouts.extend(b.whiteouts);
-    a.opaque.extend(b.opaque);
-    Ok(())
+/// One item of a layer directory: an entry, a whiteout of its path, or its path marked opaque.
+enum Item {
+    Entry(Entry),
+    Whiteout,
+    Opaque,
 }
 
-/// One thread's part of reading one layer directory.
-struct Layer<'a> {
+/// One thread's part of reading one layer directory: entries go to the shared ingest, the
+/// layer's whiteouts and opaque directories are gathered here.
+struct Layer<'a, 'p> {
     li: usize,
     prefix: &'a str,
     /// The sequence number this layer may not reach, and its directory (for the error).
     limit: (u64, &'a std::path::Path),
     seq: &'a AtomicU64,
-    g: Gather,
+    ing: &'a Mutex<Ingest<'p>>,
+    whiteouts: Vec<String>,
+    opaque: Vec<String>,
     notes: Vec<String>,
 }
 
-impl Layer<'_> {
+impl Layer<'_, '_> {
     fn item(&mut self, path: &str, item: Item) -> Result<()> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         if n >= self.limit.0 {
@@ -421,8 +411,17 @@ impl Layer<'_> {
                 self.limit.1.display()
             );
         }
-        let pos = encode_pos(self.li, n);
-        add(&mut self.g, self.prefix, path, item, pos)
+        match item {
+            Item::Whiteout => self.whiteouts.push(path.to_string()),
+            Item::Opaque => self.opaque.push(path.to_string()),
+            Item::Entry(e) => {
+                self.ing
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("a snapshot reader thread panicked"))?
+                    .add(path, &e, self.li, n)?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the directory is marked opaque (overlayfs: `trusted.overlay.opaque=y`).
@@ -506,7 +505,7 @@ impl Layer<'_> {
     }
 }
 
-impl crate::fs::walk::Visitor for Layer<'_> {
+impl crate::fs::walk::Visitor for Layer<'_, '_> {
     fn dir(&mut self, d: &crate::fs::walk::Dir<'_>) -> Result<bool> {
         // The start (`prefix`) was looked at on the way down.
         if d.rel != self.prefix && self.opaque(d.fd)? {

@@ -46,7 +46,7 @@ fn scan(cfg: &Config, scope: &[String]) -> Result<Scan> {
     // The manifest is streamed (at a million entries it is ~150 MB of text); only the paths in
     // scope are kept, to tell engineers' additions from ours.
     let mut man = Reader::open(cfg)?;
-    let mut known: Vec<String> = Vec::new();
+    let mut known = super::paths::PathSet::default();
     let mut first = man.next()?;
     // The last sync's record says whether the tree was synced: an image with nothing at
     // `image.path` leaves an empty manifest, and the tree then still has edits to list.
@@ -73,7 +73,7 @@ fn scan(cfg: &Config, scope: &[String]) -> Result<Scan> {
         if !in_scope(scope, p) {
             continue;
         }
-        known.push(p.to_string());
+        known.push(p)?;
         if blocked.as_ref().is_some_and(|b| under(p, b)) {
             continue;
         }
@@ -135,13 +135,13 @@ fn scan(cfg: &Config, scope: &[String]) -> Result<Scan> {
     modified.dedup_by(|a, b| a.path == b.path);
     let mut added_paths = Vec::new();
     for s in scope {
-        collect_added(
-            &mut dc,
-            s,
-            &|p| known.binary_search_by(|k| k.as_str().cmp(p)).is_ok(),
-            &mut added_paths,
-        )?;
+        collect_added(&mut dc, s, &|p| known.contains(p), &mut added_paths)?;
     }
+    log::debug!(
+        "diff: the manifest's {} paths in scope held in {} MiB",
+        known.len(),
+        known.heap_bytes() >> 20
+    );
     drop(known);
     // A created entry is its owner's: whoever made it (a deployer cannot give it away).
     for p in added_paths {
@@ -258,7 +258,7 @@ pub fn diff(
                     .iter()
                     .chain(if stat { &deleted[..] } else { &[] })
                     .filter_map(|p| tree.find(p))
-                    .filter(|&i| tree.entry(i).kind == Kind::File)
+                    .filter(|&i| tree.kind(i) == Kind::File)
                     .collect();
                 let mut old_texts = HashMap::new();
                 img.fetch(&tree, &wanted, &mut |i, r| {

@@ -47,6 +47,7 @@ mod editors;
 mod engine;
 mod live;
 mod manifest;
+mod paths;
 mod recover;
 mod reset;
 

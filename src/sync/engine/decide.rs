@@ -28,7 +28,7 @@ impl Engine<'_> {
             if let Some(m) = &m {
                 if self.same_in_image(p, &mut e, m)? {
                     if m.e != e {
-                        self.record(i, e, m.live);
+                        self.record(i, e, m.live)?;
                     }
                     return Ok(None);
                 }
@@ -64,7 +64,7 @@ impl Engine<'_> {
                     .map(|s| quick(&s))
                     .unwrap_or_default();
                 self.fill_hash(p, &mut e)?;
-                self.record(i, e, live);
+                self.record(i, e, live)?;
                 return Ok(None);
             }
             let ours = match &m {
@@ -78,7 +78,7 @@ impl Engine<'_> {
                         // takes the image's entry (with no live state of ours), so `diff` shows
                         // it as changed, and as deleted should the engineer remove it later.
                         self.fill_hash(p, &mut e)?;
-                        self.record(i, e.clone(), (0, 0, 0));
+                        self.record(i, e.clone(), (0, 0, 0))?;
                     }
                     self.keep(
                         p,

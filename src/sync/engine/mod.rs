@@ -6,6 +6,8 @@
 //! never follow a symlink of the live tree (directories come from a [`DirCache`], each opened
 //! from its parent's fd), never overwrite or remove an edit without `--force` and a backup
 //! first, and never create a named temp file that the journal does not list first.
+//! Over 500 lines: the four phases and the manifest's rewrite share the engine's state and its
+//! one pass beside the old manifest (the per-path work is already in the submodules).
 
 use super::live::collect_added;
 use super::manifest::{MEntry, Reader, Writer};
@@ -274,21 +276,28 @@ impl<'a> Engine<'a> {
         let n = self.tree.len();
         let mut j = 0;
         let mut more = old.next()?;
+        let mut tp = String::new(); // the path of tree entry j
+        if n > 0 {
+            self.tree.path_into(0, &mut tp);
+        }
         loop {
-            while j < n && (!more || self.tree.path(j) < old.path()) {
+            while j < n && (!more || tp.as_str() < old.path()) {
                 if let Some(pr) = &self.progress {
                     pr.scanned(1);
                 }
-                if in_scope(&self.opts.scope, self.tree.path(j)) {
+                if in_scope(&self.opts.scope, &tp) {
                     todo.push(j as u32);
                 }
                 j += 1;
+                if j < n {
+                    self.tree.path_into(j, &mut tp);
+                }
             }
             if !more {
                 break;
             }
             let p = old.path();
-            if j < n && self.tree.path(j) == p {
+            if j < n && tp == p {
                 if let Some(pr) = &self.progress {
                     pr.scanned(1);
                 }
@@ -307,7 +316,7 @@ impl<'a> Engine<'a> {
                                     == (m.e.kind, m.e.mode, m.e.size, m.e.mtime, m.e.mtime_nsec)
                                 && e.target == m.e.target
                         } else {
-                            e == &m.e
+                            e == m.e
                         };
                     if !unchanged {
                         todo.push(j as u32);
@@ -320,6 +329,9 @@ impl<'a> Engine<'a> {
                     }
                 }
                 j += 1;
+                if j < n {
+                    self.tree.path_into(j, &mut tp);
+                }
             } else if in_scope(&self.opts.scope, p) {
                 self.gone.push((p.to_string(), old.entry()?));
             }
@@ -347,7 +359,7 @@ impl<'a> Engine<'a> {
         let mut blocked: Option<String> = None;
         for &i in &todo {
             let i = i as usize;
-            let p = self.tree.path(i);
+            let p = self.tree.path_into(i, &mut tp);
             if blocked.as_deref().is_some_and(|b| under(p, b)) {
                 continue;
             }
@@ -363,7 +375,7 @@ impl<'a> Engine<'a> {
                 }
             };
             let p = p.to_string();
-            let e = self.tree.entry(i).clone();
+            let e = self.tree.entry(i);
             if let Some(b) = self.decide(&mut dc, i, &p, e, m)? {
                 blocked = Some(b);
             }
@@ -375,9 +387,10 @@ impl<'a> Engine<'a> {
             crate::logging::peak_mib()
         );
         // Phase 3: file contents (layer order for layered images).
-        let wanted: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i] == Slot::QUEUED)
-            .collect();
+        drop(todo); // (on a first sync, every entry)
+        let queued = |i: &usize| self.slots[*i] == Slot::QUEUED;
+        let mut wanted = Vec::with_capacity((0..self.slots.len()).filter(queued).count());
+        wanted.extend((0..self.slots.len()).filter(queued));
         if !self.opts.dry_run && !wanted.is_empty() {
             // While the tree is lent to the fetch, the hashes of files written without one
             // wait aside. Only the `directory` source has such files (every one on a first
@@ -397,7 +410,7 @@ impl<'a> Engine<'a> {
                 });
                 self.tree = tree;
                 for (i, h) in self.hashes.take().unwrap_or_default() {
-                    self.tree.entry_mut(i as usize).hash = Some(h);
+                    self.tree.set_hash(i as usize, h)?;
                 }
                 r?;
             }
@@ -468,8 +481,9 @@ impl Engine<'_> {
         let mut w = Writer::create(self.cfg)?;
         let mut more = old.next()?;
         let mut i = 0;
+        let mut tp = String::new();
         while more || i < self.tree.len() {
-            let t = (i < self.tree.len()).then(|| self.tree.path(i));
+            let t = (i < self.tree.len()).then(|| self.tree.path_into(i, &mut tp));
             let o = more.then(|| old.path());
             match (o, t) {
                 (Some(o), t) if t.is_none_or(|t| o < t) => {
@@ -484,7 +498,7 @@ impl Engine<'_> {
                         Some(live) => w.entry(
                             t,
                             &MEntry {
-                                e: self.tree.entry(i).clone(),
+                                e: self.tree.entry(i),
                                 live,
                             },
                         )?,
@@ -503,11 +517,12 @@ impl Engine<'_> {
     }
 
     /// Records what the new manifest says of tree entry `i`: `e`, with this live state.
-    fn record(&mut self, i: usize, e: Entry, live: (u64, i64, i64)) {
+    fn record(&mut self, i: usize, e: Entry, live: (u64, i64, i64)) -> Result<()> {
         if self.hashes.is_none() {
             // (In the content phase the tree is lent out; `write_file` keeps the hash.)
-            *self.tree.entry_mut(i) = e;
+            self.tree.set_entry(i, &e)?;
         }
         self.slots[i] = Slot::new(live);
+        Ok(())
     }
 }

@@ -96,8 +96,8 @@ impl Engine<'_> {
             seen: None,
             backup: false,
         });
-        let p = tree.path(i);
-        let mut e = tree.entry(i).clone();
+        let p = &tree.path(i);
+        let mut e = tree.entry(i);
         let (parent, name) = at::split(p);
         let d = match dc.open(parent)? {
             Opened::Dir(d) => d,
@@ -228,7 +228,7 @@ impl Engine<'_> {
         }
         drop(f);
         self.step();
-        let fill = tree.entry(i).hash.is_none().then_some(e.hash).flatten();
+        let fill = tree.hash(i).is_none().then_some(e.hash).flatten();
         self.finish_written(d, name, (i, p), e, "write", "")?;
         if let (Some(h), Some(hs)) = (fill, &mut self.hashes) {
             hs.push((i as u32, h));
@@ -261,7 +261,7 @@ impl Engine<'_> {
             });
         }
         self.change(action, p, detail);
-        self.record(i, e, live);
+        self.record(i, e, live)?;
         Ok(())
     }
 }
