@@ -235,11 +235,12 @@ pub(super) fn fetch(
     root: BorrowedFd<'_>,
     location: &Path,
     tree: &Tree,
-    wanted: &[usize],
+    wanted: &[u32],
     f: &mut dyn FnMut(usize, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
     let mut dc = at::DirCache::new(rustix::io::dup(root)?);
     for &i in wanted {
+        let i = i as usize;
         f(i, &mut open_in_directory(&mut dc, &tree.path(i), location)?)?;
     }
     Ok(())

@@ -359,13 +359,14 @@ impl Image {
         directory::hash_file(root.as_fd(), location, rel)
     }
 
-    /// Streams the content of each file in `wanted` (indices into `tree`, this image's tree)
+    /// Streams the content of each file in `wanted` (indices into `tree`, this image's tree,
+    /// 4 bytes each; reordered in place, so a million files need no second list)
     /// to `f`, with its index. For layered images the order is the layers' order, not the
     /// paths'.
     pub fn fetch(
         &self,
         tree: &Tree,
-        wanted: &[usize],
+        wanted: &mut [u32],
         f: &mut dyn FnMut(usize, &mut dyn Read) -> Result<()>,
     ) -> Result<()> {
         match &self.backend {

@@ -552,11 +552,12 @@ pub(super) fn fetch(
     view: &View,
     prefix: &str,
     tree: &Tree,
-    wanted: &[usize],
+    wanted: &[u32],
     f: &mut dyn FnMut(usize, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
     let mut order: Vec<(usize, usize)> = Vec::with_capacity(wanted.len());
     for &i in wanted {
+        let i = i as usize;
         if tree.entry(i).kind != Kind::File {
             bail!("{:?} is not a file of the image", tree.path(i));
         }

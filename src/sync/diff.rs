@@ -261,7 +261,8 @@ pub fn diff(
                     .filter(|&i| tree.kind(i) == Kind::File)
                     .collect();
                 let mut old_texts = HashMap::new();
-                img.fetch(&tree, &wanted, &mut |i, r| {
+                let mut fetch: Vec<u32> = wanted.iter().map(|&i| i as u32).collect();
+                img.fetch(&tree, &mut fetch, &mut |i, r| {
                     let mut buf = Vec::new();
                     r.take(8 << 20).read_to_end(&mut buf)?;
                     old_texts.insert(i, buf);

@@ -389,8 +389,9 @@ impl<'a> Engine<'a> {
         // Phase 3: file contents (layer order for layered images).
         drop(todo); // (on a first sync, every entry)
         let queued = |i: &usize| self.slots[*i] == Slot::QUEUED;
-        let mut wanted = Vec::with_capacity((0..self.slots.len()).filter(queued).count());
-        wanted.extend((0..self.slots.len()).filter(queued));
+        // (u32 a file, as the tree's indices fit: the fetch sorts it in place.)
+        let mut wanted: Vec<u32> = Vec::with_capacity((0..self.slots.len()).filter(queued).count());
+        wanted.extend((0..self.slots.len()).filter(queued).map(|i| i as u32));
         if !self.opts.dry_run && !wanted.is_empty() {
             // While the tree is lent to the fetch, the hashes of files written without one
             // wait aside. Only the `directory` source has such files (every one on a first
@@ -402,7 +403,7 @@ impl<'a> Engine<'a> {
                 _ => wanted.len(),
             };
             let image = self.image;
-            for part in wanted.chunks(chunk) {
+            for part in wanted.chunks_mut(chunk) {
                 let tree = std::mem::take(&mut self.tree);
                 self.hashes = Some(Vec::new());
                 let r = image.fetch(&tree, part, &mut |i, r| {
@@ -416,7 +417,7 @@ impl<'a> Engine<'a> {
             }
         } else {
             for &i in &wanted {
-                let p = self.tree.path(i).to_string();
+                let p = self.tree.path(i as usize).to_string();
                 self.count("written");
                 self.change("write", &p, "dry run");
             }
