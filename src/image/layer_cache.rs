@@ -6,6 +6,11 @@
 //! layer's hard links resolve against the layers below it. The directory is bounded by
 //! `image.layer_cache_bytes` (oldest files go first); 0 turns the cache off.
 //!
+//! Beside the layers, the merged tree of each image chain read (`tree-<key>`, the format in
+//! `tree::file`): the next image that is the same layers plus new ones loads it and merges only
+//! the new layers onto it (`merge::onto`), so a small layer on a million-entry image costs its
+//! own entries, not a parse and a sort of the million. The newest two are kept.
+//!
 //! The cache only saves work: a file that is missing, damaged or was written by another version
 //! is a miss (and is removed), never an error; a path in it that is not a clean relative path is
 //! damage. It must never be the only copy of anything, and never let a cached entry reach the
@@ -20,6 +25,7 @@
 //! tests sit next to the format they check.
 
 use super::tree::{Node, Parts};
+use super::Tree;
 use super::{Entry, Kind};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
@@ -27,6 +33,11 @@ use std::path::PathBuf;
 /// The file starts with this and a little-endian u32 version.
 const MAGIC: &[u8; 8] = b"MWXLAYER";
 const VERSION: u32 = 3;
+
+/// Merged trees are named this and their key.
+const TREE: &str = "tree-";
+/// How many merged trees are kept: the newest image's and the one before (a rollback).
+const TREES_KEPT: usize = 2;
 
 pub(super) struct LayerCache {
     dir: PathBuf,
@@ -78,6 +89,76 @@ impl LayerCache {
             h.update(mt.as_bytes());
         }
         h.finalize().to_hex().to_string()
+    }
+
+    /// The key of the merged tree of `chain` (as [`LayerCache::key`], another name).
+    pub(super) fn tree_key(prefix: &str, chain: &[(String, String)]) -> String {
+        format!("{TREE}{}", Self::key(prefix, chain))
+    }
+
+    /// The merged tree cached under `key`; on a miss or damage (then the file goes) `None`.
+    pub(super) fn load_tree(&self, key: &str) -> Option<Tree> {
+        let path = self.dir.join(key);
+        let f = std::fs::File::open(&path).ok()?;
+        let t0 = std::time::Instant::now();
+        let len = f.metadata().ok()?.len();
+        match super::tree::file::read(f, len) {
+            Ok(t) => {
+                let _ = std::fs::File::options()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                log::debug!(
+                    "loaded {} entries from {} in {:.3}s",
+                    t.len(),
+                    path.display(),
+                    t0.elapsed().as_secs_f64()
+                );
+                Some(t)
+            }
+            Err(why) => {
+                log::warn!(
+                    "the layer cache file {} is damaged ({why}): removed, the layers are read again",
+                    path.display()
+                );
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Stores a merged tree (best effort, as [`LayerCache::store`]). Only the newest
+    /// [`TREES_KEPT`] trees stay: each is about 80 bytes an entry.
+    pub(super) fn store_tree(&self, key: &str, tree: &Tree) {
+        let size = tree.file_bytes();
+        if size > self.max_bytes {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        let tmp = self.dir.join(format!(".tmp.{key}.{}", std::process::id()));
+        let r = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::File::create(&tmp))
+            .and_then(|f| super::tree::file::write(tree, f))
+            .and_then(|()| std::fs::rename(&tmp, self.dir.join(key)));
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            log::debug!("not caching the tree ({}): {e}", self.dir.display());
+            return;
+        }
+        log::debug!("stored the merged tree in {:.3}s", t0.elapsed().as_secs_f64());
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            let mut trees: Vec<_> = rd
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(TREE))
+                .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+                .collect();
+            trees.sort();
+            trees.reverse();
+            for (_, p) in trees.into_iter().skip(TREES_KEPT) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        self.evict();
     }
 
     /// Appends the cached nodes of the layer `layer` (its index in the chain) to `parts` and

@@ -46,7 +46,28 @@ pub(super) fn tree(
 ) -> Result<Tree> {
     let mut ing = Ingest::new(prefix);
     let under = |p: &str| prefix.is_empty() || p == prefix || p.starts_with(&format!("{prefix}/"));
-    for (li, (digest, mt)) in layers.iter().enumerate() {
+    let notes_before_all = notes.len();
+    // The merged tree of the longest chain of lower layers read before, if the cache has it:
+    // then only the layers above it are read and merged onto it.
+    let (mut base, mut done) = (None, 0);
+    if let Some(c) = cache {
+        for n in (1..=layers.len()).rev() {
+            if let Some(t) = c.load_tree(&LayerCache::tree_key(prefix, &layers[..n])) {
+                log::debug!(
+                    "the merged tree of {n} of the {} layers: from the layer cache",
+                    layers.len()
+                );
+                if n == layers.len() {
+                    return Ok(t);
+                }
+                let (parts, nodes) = t.into_parts();
+                ing.parts = parts;
+                (base, done) = (Some(nodes), n);
+                break;
+            }
+        }
+    }
+    for (li, (digest, mt)) in layers.iter().enumerate().skip(done) {
         let key = cache.map(|c| (c, LayerCache::key(prefix, &layers[..=li])));
         if let Some(p) = key
             .as_ref()
@@ -211,7 +232,29 @@ pub(super) fn tree(
         }
         ing.marks.add(li, whiteouts, opaque);
     }
-    super::merge::merge(ing.parts, ing.nodes, &ing.marks, prefix, reference, notes)
+    let tree = match base {
+        // Large new layers: all merged again, the cached tree's nodes as one layer.
+        Some(mut base) if ing.nodes.len() > base.len() / 8 => {
+            base.append(&mut ing.nodes);
+            super::merge::merge(ing.parts, base, &ing.marks, prefix, reference, notes)?
+        }
+        Some(base) => super::merge::onto(
+            ing.parts,
+            base,
+            ing.nodes,
+            &ing.marks,
+            (prefix, reference),
+            notes,
+        )?,
+        None => super::merge::merge(ing.parts, ing.nodes, &ing.marks, prefix, reference, notes)?,
+    };
+    // A tree whose read reported nothing is kept for the next image on top of this one. (With
+    // a report, something was dropped that a layer above could bring back; directories the
+    // merge added are not entries a layer above can replace: such trees are merged again.)
+    if let Some(c) = cache.filter(|_| notes.len() == notes_before_all && !tree.implicit_dirs) {
+        c.store_tree(&LayerCache::tree_key(prefix, layers), &tree);
+    }
+    Ok(tree)
 }
 
 /// The layers' entries as they are read, before the merge. Every layer reader adds an entry

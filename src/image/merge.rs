@@ -102,13 +102,155 @@ fn dir_0755() -> Entry {
 /// `prefix` by their path relative to it, those of `prefix` and on the way to it (marked
 /// [`CHAIN`]) by their full path.
 pub(super) fn merge(
-    mut parts: Parts,
-    mut nodes: Vec<Node>,
+    parts: Parts,
+    nodes: Vec<Node>,
     marks: &Marks,
     prefix: &str,
     reference: &str,
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
+    let t0 = std::time::Instant::now();
+    let (parts, nodes, implicit_dirs) =
+        merge_nodes(parts, nodes, marks, (prefix, reference), None, notes)?;
+    log::debug!("merged the layers in {:.3}s", t0.elapsed().as_secs_f64());
+    let mut t = Tree::from_parts(parts, nodes);
+    t.implicit_dirs = implicit_dirs;
+    Ok(t)
+}
+
+/// The code tree of `base`, the merged tree of the lower layers (from the layer cache), with
+/// the nodes `new` of the layers above it on top (their marks in `marks`): the same tree as
+/// [`merge`] of all the layers gives, at the cost of the new nodes, not of the whole tree.
+/// Only the part of `base` the new layers can change is merged again with them: the paths of
+/// the new entries and of their directories (and of hard links' targets), and all below a
+/// new non-directory, a whiteout or an opaque directory; the rest of `base` stays as it is
+/// and the result is spliced into it. When the new layers reach the tree's root (a marker
+/// there, or a non-directory on the way to it), everything is merged again.
+pub(super) fn onto(
+    mut parts: Parts,
+    mut base: Vec<Node>,
+    new: Vec<Node>,
+    marks: &Marks,
+    (prefix, reference): (&str, &str),
+    notes: &mut Vec<String>,
+) -> Result<Tree> {
+    let t0 = std::time::Instant::now();
+    let rel_marks;
+    let rm = if prefix.is_empty() {
+        marks
+    } else {
+        rel_marks = marks.below(prefix);
+        &rel_marks
+    };
+    let whole = rm.opaque.contains_key("")
+        || new
+            .iter()
+            .any(|n| n.pos & CHAIN != 0 && n.kind() != Kind::Dir);
+    if whole {
+        base.extend(new);
+        return merge(parts, base, marks, prefix, reference, notes);
+    }
+    // The ranges of `base` the new layers can change.
+    let mut ranges = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut with_ancestors = |parts: &Parts, p: &str, ranges: &mut Vec<std::ops::Range<usize>>| {
+        ranges.push(run(parts, &base, p));
+        let mut a = p;
+        while let Some(k) = a.rfind('/') {
+            a = &a[..k];
+            if !seen.insert(a.to_string()) {
+                break;
+            }
+            ranges.push(run(parts, &base, a));
+        }
+    };
+    for n in new.iter().filter(|n| n.pos & CHAIN == 0) {
+        let p = parts.path(n);
+        with_ancestors(&parts, &p, &mut ranges);
+        if n.kind() != Kind::Dir {
+            ranges.push(subtree(&parts, &base, &p));
+        }
+        if is_link(n) {
+            if let Some((t, false)) = place(prefix, parts.target(n).unwrap_or_default()) {
+                let t = t.to_string();
+                with_ancestors(&parts, &t, &mut ranges);
+            }
+        }
+    }
+    for p in rm.whiteouts.keys().chain(rm.opaque.keys()) {
+        ranges.push(run(&parts, &base, p));
+        ranges.push(subtree(&parts, &base, p));
+    }
+    ranges.retain(|r| !r.is_empty());
+    ranges.sort_unstable_by_key(|r| r.start);
+    // Every directory of `base` that holds something: as it is, unless merged again.
+    let mut seed: Vec<u32> = base.iter().map(Node::dir).collect();
+    seed.sort_unstable();
+    seed.dedup();
+    // The affected nodes out of `base` (which closes up), and merged with the new ones.
+    let mut subset = new;
+    let (mut w, mut from) = (0, 0);
+    for r in ranges {
+        let r = r.start.max(from)..r.end.max(from);
+        base.copy_within(from..r.start, w);
+        w += r.start - from;
+        subset.extend_from_slice(&base[r.clone()]);
+        from = r.end;
+    }
+    base.copy_within(from.., w);
+    base.truncate(w + base.len() - from);
+    let kept = base.len();
+    let (p2, out, implicit_dirs) = merge_nodes(
+        std::mem::take(&mut parts),
+        subset,
+        marks,
+        (prefix, reference),
+        Some(&seed),
+        notes,
+    )?;
+    parts = p2;
+    drop(seed);
+    // Spliced in, from the back: each merged node after the kept ones that sort after it.
+    let (m, k) = (base.len(), out.len());
+    base.reserve_exact(k);
+    base.extend_from_slice(&out);
+    let (mut i, mut w) = (m, m + k);
+    for x in out.iter().rev() {
+        let p = base[..i].partition_point(|n| parts.cmp(n, x).is_lt());
+        base.copy_within(p..i, w - (i - p));
+        w -= i - p;
+        i = p;
+        w -= 1;
+        base[w] = *x;
+    }
+    log::debug!(
+        "merged {k} entries onto {kept} from the layer cache in {:.3}s",
+        t0.elapsed().as_secs_f64()
+    );
+    let mut t = Tree::from_parts(parts, base);
+    t.implicit_dirs = implicit_dirs;
+    Ok(t)
+}
+
+/// The nodes (sorted by path) strictly below the directory `p`.
+fn subtree(parts: &Parts, nodes: &[Node], p: &str) -> std::ops::Range<usize> {
+    let (lo, hi) = (format!("{p}/"), format!("{p}0"));
+    let a = nodes.partition_point(|n| parts.cmp_str(n, &lo).is_lt());
+    let b = a + nodes[a..].partition_point(|n| parts.cmp_str(n, &hi).is_lt());
+    a..b
+}
+
+/// [`merge`]'s work, on parts and nodes. With `seed` (the directories of a cached lower tree
+/// that the nodes do not replace, see [`onto`]), those directories are known to be in the
+/// output already, with nothing hiding below them; any path the nodes do hold is decided again.
+fn merge_nodes(
+    mut parts: Parts,
+    mut nodes: Vec<Node>,
+    marks: &Marks,
+    (prefix, reference): (&str, &str),
+    seed: Option<&[u32]>,
+    notes: &mut Vec<String>,
+) -> Result<(Parts, Vec<Node>, bool)> {
     parts.shrink_to_fit();
     // The tree's nodes first, sorted by (path, sequence); then the few on the way to it.
     nodes.sort_unstable_by(|a, b| {
@@ -163,6 +305,21 @@ pub(super) fn merge(
     // `u64::MAX`: not in the output).
     const NONE: u64 = u64::MAX;
     let mut dirs: Vec<u64> = Vec::new();
+    if let Some(seed) = seed {
+        dirs = vec![NONE; parts.dir_count()];
+        for &d in seed {
+            dirs[d as usize] = root_hide;
+        }
+    }
+    // With a seed, a path decided here that is not a directory of the output must not keep
+    // its seeded directory.
+    let unseed = |dirs: &mut Vec<u64>, parts: &Parts, p: &str| {
+        if seed.is_some() {
+            if let Some(d) = parts.find_dir(p).filter(|&d| (d as usize) < dirs.len()) {
+                dirs[d as usize] = NONE;
+            }
+        }
+    };
     let mut implicit: Vec<Node> = Vec::new();
     let mut w = 0;
     let mut r = 0;
@@ -184,6 +341,7 @@ pub(super) fn merge(
         let win = end - 1;
         r = end;
         let seq = nodes[win].pos;
+        unseed(&mut dirs, &parts, &p);
         if rm.hides(&p, decode_pos(seq).0, usize::MAX) {
             continue;
         }
@@ -239,7 +397,8 @@ pub(super) fn merge(
     }
     drop(dirs);
     nodes.truncate(w);
-    if !implicit.is_empty() {
+    let implicit_dirs = !implicit.is_empty();
+    if implicit_dirs {
         nodes.append(&mut implicit);
         nodes.sort_unstable_by(|a, b| parts.cmp(a, b));
     }
@@ -251,7 +410,7 @@ pub(super) fn merge(
         }
     }
     nodes.shrink_to_fit();
-    Ok(Tree::from_parts(parts, nodes))
+    Ok((parts, nodes, implicit_dirs))
 }
 
 /// The nodes (sorted by path) at `p`.
@@ -533,5 +692,193 @@ mod tests {
         .unwrap();
         let got: Vec<&str> = tree.iter().map(|t| t.0.as_str()).collect();
         assert_eq!(got, ["g"]);
+    }
+
+    /// One generated layer item, owned (see [`I`]).
+    #[derive(Clone, Debug)]
+    enum G {
+        D(String),
+        F(String, u8),
+        L(String, String),
+        S(String),
+        Wh(String),
+        Opq(String),
+    }
+
+    fn item() -> impl proptest::strategy::Strategy<Value = G> {
+        use proptest::prelude::*;
+        let path = "p(/[abc]{1,2}){0,3}";
+        prop_oneof![
+            4 => path.prop_map(G::D),
+            6 => (path, 1u8..9).prop_map(|(p, h)| G::F(p, h)),
+            1 => (path, path).prop_map(|(p, t)| G::L(p, t)),
+            1 => path.prop_map(G::S),
+            2 => path.prop_map(G::Wh),
+            1 => path.prop_map(G::Opq),
+        ]
+    }
+
+    /// Layer items as [`merged`] takes them (the strings leaked: tests only).
+    fn leak(layers: &[Vec<G>]) -> Vec<Vec<I>> {
+        let l = |s: &String| -> &'static str { Box::leak(s.clone().into_boxed_str()) };
+        layers
+            .iter()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|g| match g {
+                        G::D(p) => I::D(l(p)),
+                        G::F(p, h) => I::F(l(p), *h),
+                        G::L(p, t) => I::L(l(p), l(t)),
+                        G::S(p) => I::S(l(p)),
+                        G::Wh(p) => I::Wh(l(p)),
+                        G::Opq(p) => I::Opq(l(p)),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The tree below `prefix` of `layers[..split]` merged, written to its cache file and read
+    /// back, with the layers above merged onto it ([`onto`]); `None` when the lower merge fails
+    /// or reports something (such a tree is not cached).
+    /// (`whole`: as one merge of the cached tree's nodes and the new ones, as for large layers.)
+    fn merged_onto(
+        prefix: &str,
+        layers: &[Vec<I>],
+        split: usize,
+        whole: bool,
+    ) -> Option<Result<(Vec<Row>, Vec<String>)>> {
+        let ingest = |from: usize, to: usize, ing: &mut crate::image::layers::Ingest| {
+            for (li, items) in layers.iter().enumerate().take(to).skip(from) {
+                let (mut wh, mut opq) = (Vec::new(), Vec::new());
+                for (ei, it) in items.iter().enumerate() {
+                    let (p, kind, hash, target) = match *it {
+                        I::D(p) => (p, Kind::Dir, None, None),
+                        I::F(p, h) => (p, Kind::File, Some([h; 32]), None),
+                        I::L(p, t) => (p, Kind::File, None, Some(t.to_string())),
+                        I::S(p) => (p, Kind::Symlink, None, Some("x".to_string())),
+                        I::Wh(p) => {
+                            wh.push(p.to_string());
+                            continue;
+                        }
+                        I::Opq(p) => {
+                            opq.push(p.to_string());
+                            continue;
+                        }
+                    };
+                    let mut entry = dir_0755();
+                    entry.kind = kind;
+                    entry.hash = hash;
+                    entry.target = target;
+                    ing.add(p, &entry, li, ei as u64).unwrap();
+                }
+                ing.marks.add(li, wh, opq);
+            }
+        };
+        let mut ing = crate::image::layers::Ingest::new(prefix);
+        ingest(0, split, &mut ing);
+        let mut notes = Vec::new();
+        let lower = merge(ing.parts, ing.nodes, &ing.marks, prefix, "img", &mut notes).ok()?;
+        if !notes.is_empty() || lower.implicit_dirs {
+            return None;
+        }
+        let mut file = Vec::new();
+        crate::image::tree::file::write(&lower, &mut file).unwrap();
+        let lower = crate::image::tree::file::read(&file[..], file.len() as u64).unwrap();
+        let (parts, base) = lower.into_parts();
+        let mut ing = crate::image::layers::Ingest::new(prefix);
+        ing.parts = parts;
+        ingest(split, layers.len(), &mut ing);
+        let t = if whole {
+            let mut all = base;
+            all.extend(ing.nodes);
+            merge(ing.parts, all, &ing.marks, prefix, "img", &mut notes)
+        } else {
+            onto(ing.parts, base, ing.nodes, &ing.marks, (prefix, "img"), &mut notes)
+        };
+        let t = match t {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        let list = (0..t.len())
+            .map(|i| {
+                let e = t.entry(i);
+                (t.path(i), e.kind.letter(), e.hash.map_or(0, |h| h[0]), t.pos(i))
+            })
+            .collect();
+        Some(Ok((list, notes)))
+    }
+
+    #[test]
+    fn layers_onto_a_cached_tree_cases() {
+        use I::*;
+        let lower = vec![
+            D("p"),
+            F("p/f", 1),
+            D("p/d"),
+            F("p/d/x", 2),
+            D("p/d/e"),
+            F("p/d/e/y", 3),
+            D("p/o"),
+            F("p/o/z", 4),
+            D("p/w"),
+            D("p/w/v"),
+            F("p/w/v/u", 5),
+            F("p/keep", 6),
+        ];
+        let uppers = [
+            vec![F("p/f/under", 7)],           // below a cached file: dropped, reported
+            vec![F("p/d/e/new", 8)],           // a new file deep in cached directories
+            vec![F("p/d", 9)],                 // a file over a cached directory
+            vec![Wh("p/w/v")],                 // a whiteout: its directory goes, the parent stays
+            vec![Opq("p/o"), F("p/o/n", 10)],  // an opaque directory
+            vec![L("p/h", "p/keep")],          // a hard link to a cached file
+            vec![Wh("p/w"), D("p/w"), F("p/w/again", 11)],
+            vec![F("p/q/r/s", 12)],            // new directories, not in any layer
+        ];
+        for (k, upper) in uppers.into_iter().enumerate() {
+            let layers = vec![lower.iter().map(|i| match *i {
+                D(p) => D(p),
+                F(p, h) => F(p, h),
+                _ => unreachable!(),
+            }).collect::<Vec<_>>(), upper];
+            for prefix in ["", "p"] {
+                for whole in [false, true] {
+                    let got = merged_onto(prefix, &layers, 1, whole).expect("the lower tree is cached");
+                    let want = merged(prefix, &layers);
+                    assert_eq!(
+                        got.map_err(|e| e.to_string()),
+                        want.map_err(|e| e.to_string()),
+                        "case {k}, prefix {prefix:?}, whole {whole}"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Layers merged onto the cached tree of the layers below them give the tree, and the
+        /// reports, that merging all the layers gives.
+        #[test]
+        fn layers_onto_a_cached_tree_merge_as_all_of_them(
+            layers in proptest::collection::vec(proptest::collection::vec(item(), 0..10), 2..5),
+            split in 1usize..4,
+            at_root in proptest::bool::ANY,
+            whole in proptest::bool::ANY,
+        ) {
+            let split = split.min(layers.len() - 1);
+            let layers = leak(&layers);
+            let prefix = if at_root { "" } else { "p" };
+            if let Some(got) = merged_onto(prefix, &layers, split, whole) {
+                let want = merged(prefix, &layers);
+                match (got, want) {
+                    (Ok(g), Ok(w)) => proptest::prop_assert_eq!(g, w),
+                    (Err(_), Err(_)) => {}
+                    (g, w) => proptest::prop_assert!(false, "onto {:?}, all {:?}", g.map(|x| x.0), w.map(|x| x.0)),
+                }
+            }
+        }
     }
 }

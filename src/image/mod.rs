@@ -22,7 +22,7 @@
 //! the choice of the newest candidate (publish tags first) and the dispatch over sources;
 //! `oci` the OCI format (blob store, index, manifest, config), `containerd` the gRPC
 //! client (images, content, leases, CRI pulls, events), `layers` the tar reading and its hostile-entry filter, `snapshots` the unpacked snapshots' reading, `merge` the layers' merge
-//! into the tree, `layer_cache` what each layer chain gave, `tree` the compact tree,
+//! into the tree, `layer_cache` what each layer chain gave (and the merged trees, `tree::file`), `tree` the compact tree,
 //! `directory` the plain-tree source. Nothing here writes to the code tree, mounts or unpacks anything, or runs a shell.
 
 use crate::config::{Config, ImageSource};
@@ -301,7 +301,11 @@ impl Image {
                 }
                 (1..=layers.len())
                     .rev()
-                    .find(|&n| c.has(&layer_cache::LayerCache::key(prefix, &layers[..n])))
+                    .find(|&n| {
+                        use layer_cache::LayerCache;
+                        c.has(&LayerCache::tree_key(prefix, &layers[..n]))
+                            || c.has(&LayerCache::key(prefix, &layers[..n]))
+                    })
                     .map(|n| format!("the layer cache holds {n} of its {} layers", layers.len()))
             });
             *view = match cached {

@@ -17,6 +17,8 @@
 
 use super::{Entry, Kind};
 use anyhow::{bail, Result};
+
+pub(super) mod file;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -53,6 +55,11 @@ impl Node {
             1 => Kind::File,
             _ => Kind::Symlink,
         }
+    }
+
+    /// The index of the node's directory in the table.
+    pub(super) fn dir(&self) -> u32 {
+        self.dir
     }
 
     pub(super) fn has_hash(&self) -> bool {
@@ -417,6 +424,39 @@ impl Parts {
         Node::dir_0755(x.parent, x.off, x.len)
     }
 
+    /// Adding again, to a sealed table (a tree read from the layer cache, which new layers go
+    /// on top of): the directory index back, each directory's path hashed once.
+    fn unseal(&mut self) {
+        let mut names = Vec::new();
+        let mut path = Vec::new();
+        let mut hashes = Vec::with_capacity(self.dirs.len());
+        for d in 1..self.dirs.len() as u32 {
+            self.names(self.dir_step(d), &mut names);
+            path.clear();
+            for (k, c) in names.iter().enumerate() {
+                if k > 0 {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(c);
+            }
+            // Built from whole UTF-8 names of the arena.
+            hashes.push((d, self.hash_of(std::str::from_utf8(&path).unwrap_or_default())));
+        }
+        for (d, h) in hashes {
+            match self.index.entry(h) {
+                std::collections::hash_map::Entry::Occupied(_) => self.clashes.push(d),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(d);
+                }
+            }
+        }
+    }
+
+    /// How many directories the table has.
+    pub(super) fn dir_count(&self) -> usize {
+        self.dirs.len()
+    }
+
     /// Done adding: the directory index goes (lookups of directories are over).
     pub(super) fn seal(&mut self) {
         self.index = HashMap::new();
@@ -589,6 +629,9 @@ impl Parts {
 pub struct Tree {
     parts: Parts,
     nodes: Vec<Node>,
+    /// Whether the merge added directories no layer has (see `merge`): such a tree is not
+    /// cached to merge more layers onto, as those directories are not entries of a layer.
+    pub(super) implicit_dirs: bool,
 }
 
 impl Tree {
@@ -609,9 +652,33 @@ impl Tree {
     /// A tree from its parts: `nodes` sorted by their path in `parts`, unique.
     pub(super) fn from_parts(mut parts: Parts, nodes: Vec<Node>) -> Tree {
         parts.seal();
-        let t = Tree { parts, nodes };
+        let t = Tree {
+            parts,
+            nodes,
+            implicit_dirs: false,
+        };
         debug_assert!((1..t.nodes.len()).all(|i| t.path(i - 1) < t.path(i)));
         t
+    }
+
+    /// The size of the tree's file ([`file`]).
+    pub(super) fn file_bytes(&self) -> u64 {
+        let p = &self.parts;
+        (52 + 32
+            + p.text.len()
+            + p.dirs.len() * 12
+            + p.hashes.len() * 32
+            + p.targets.len()
+            + self.nodes.len() * 44) as u64
+    }
+
+    /// The parts and nodes back, ready for more nodes (see [`Parts::unseal`]).
+    pub(super) fn into_parts(self) -> (Parts, Vec<Node>) {
+        let Tree {
+            mut parts, nodes, ..
+        } = self;
+        parts.unseal();
+        (parts, nodes)
     }
 
     pub fn len(&self) -> usize {
