@@ -145,7 +145,10 @@ impl LayerCache {
             log::debug!("not caching the tree ({}): {e}", self.dir.display());
             return;
         }
-        log::debug!("stored the merged tree in {:.3}s", t0.elapsed().as_secs_f64());
+        log::debug!(
+            "stored the merged tree in {:.3}s",
+            t0.elapsed().as_secs_f64()
+        );
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             let mut trees: Vec<_> = rd
                 .flatten()
@@ -616,6 +619,34 @@ mod tests {
         let mut b = bytes.clone();
         b.push(0);
         check(&b, "data after the checksum");
+    }
+
+    #[test]
+    fn merged_trees_load_back_the_newest_two_stay_and_damage_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = LayerCache::new(dir.path(), 1 << 20).unwrap();
+        let (parts, nodes) = sample();
+        let mut order: Vec<usize> = (0..nodes.len()).collect();
+        order.sort_by(|&a, &b| parts.cmp(&nodes[a], &nodes[b]));
+        let tree = Tree::from_parts(parts, order.iter().map(|&i| nodes[i]).collect());
+        let rows = |t: &Tree| {
+            (0..t.len())
+                .map(|i| (t.path(i), t.entry(i), t.pos(i)))
+                .collect::<Vec<_>>()
+        };
+        for k in ["tree-a", "tree-b", "tree-c"] {
+            c.store_tree(k, &tree);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(c.load_tree("tree-a").is_none(), "the oldest tree went");
+        assert_eq!(rows(&c.load_tree("tree-c").unwrap()), rows(&tree));
+        let file = dir.path().join("layers/tree-b");
+        let mut b = std::fs::read(&file).unwrap();
+        let n = b.len();
+        b[n / 2] ^= 1;
+        std::fs::write(&file, b).unwrap();
+        assert!(c.load_tree("tree-b").is_none());
+        assert!(!file.exists(), "the damaged tree stays");
     }
 
     #[test]

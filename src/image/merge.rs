@@ -795,7 +795,14 @@ mod tests {
             all.extend(ing.nodes);
             merge(ing.parts, all, &ing.marks, prefix, "img", &mut notes)
         } else {
-            onto(ing.parts, base, ing.nodes, &ing.marks, (prefix, "img"), &mut notes)
+            onto(
+                ing.parts,
+                base,
+                ing.nodes,
+                &ing.marks,
+                (prefix, "img"),
+                &mut notes,
+            )
         };
         let t = match t {
             Ok(t) => t,
@@ -804,7 +811,12 @@ mod tests {
         let list = (0..t.len())
             .map(|i| {
                 let e = t.entry(i);
-                (t.path(i), e.kind.letter(), e.hash.map_or(0, |h| h[0]), t.pos(i))
+                (
+                    t.path(i),
+                    e.kind.letter(),
+                    e.hash.map_or(0, |h| h[0]),
+                    t.pos(i),
+                )
             })
             .collect();
         Some(Ok((list, notes)))
@@ -828,24 +840,31 @@ mod tests {
             F("p/keep", 6),
         ];
         let uppers = [
-            vec![F("p/f/under", 7)],           // below a cached file: dropped, reported
-            vec![F("p/d/e/new", 8)],           // a new file deep in cached directories
-            vec![F("p/d", 9)],                 // a file over a cached directory
-            vec![Wh("p/w/v")],                 // a whiteout: its directory goes, the parent stays
-            vec![Opq("p/o"), F("p/o/n", 10)],  // an opaque directory
-            vec![L("p/h", "p/keep")],          // a hard link to a cached file
+            vec![F("p/f/under", 7)],          // below a cached file: dropped, reported
+            vec![F("p/d/e/new", 8)],          // a new file deep in cached directories
+            vec![F("p/d", 9)],                // a file over a cached directory
+            vec![Wh("p/w/v")],                // a whiteout: its directory goes, the parent stays
+            vec![Opq("p/o"), F("p/o/n", 10)], // an opaque directory
+            vec![L("p/h", "p/keep")],         // a hard link to a cached file
             vec![Wh("p/w"), D("p/w"), F("p/w/again", 11)],
-            vec![F("p/q/r/s", 12)],            // new directories, not in any layer
+            vec![F("p/q/r/s", 12)], // new directories, not in any layer
         ];
         for (k, upper) in uppers.into_iter().enumerate() {
-            let layers = vec![lower.iter().map(|i| match *i {
-                D(p) => D(p),
-                F(p, h) => F(p, h),
-                _ => unreachable!(),
-            }).collect::<Vec<_>>(), upper];
+            let layers = vec![
+                lower
+                    .iter()
+                    .map(|i| match *i {
+                        D(p) => D(p),
+                        F(p, h) => F(p, h),
+                        _ => unreachable!(),
+                    })
+                    .collect::<Vec<_>>(),
+                upper,
+            ];
             for prefix in ["", "p"] {
                 for whole in [false, true] {
-                    let got = merged_onto(prefix, &layers, 1, whole).expect("the lower tree is cached");
+                    let got =
+                        merged_onto(prefix, &layers, 1, whole).expect("the lower tree is cached");
                     let want = merged(prefix, &layers);
                     assert_eq!(
                         got.map_err(|e| e.to_string()),

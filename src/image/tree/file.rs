@@ -8,7 +8,8 @@
 //!
 //! Like every cache file it only saves work: it must never let a tree reach the sync that the
 //! image would not give. A load checks the checksum and then every index a node or directory
-//! holds (in range, on UTF-8 boundaries, depths consistent, kinds and flags valid) and that the
+//! holds (in range, on UTF-8 boundaries, depths consistent, kinds and flags valid), that each
+//! name is one clean path component (no `/`, not `.` or `..`), and that the
 //! nodes are in strictly increasing path order, so a damaged or foreign file is a miss (an
 //! error string), never a panic or a wrong tree. It must never read the whole file into memory
 //! at once (the arrays are filled as they stream by).
@@ -108,7 +109,10 @@ pub(in crate::image) fn read(r: impl Read, len: u64) -> Result<Tree, String> {
     if body != Some(len) {
         return Err("counts that do not match the file's length".into());
     }
-    if text_n > u64::from(u32::MAX) || targets_n > u64::from(u32::MAX) || (dirs_n == 0 && nodes_n > 0) {
+    if text_n > u64::from(u32::MAX)
+        || targets_n > u64::from(u32::MAX)
+        || (dirs_n == 0 && nodes_n > 0)
+    {
         return Err("an array past what a tree can address".into());
     }
     let mut text = vec![0u8; text_n as usize];
@@ -170,9 +174,14 @@ pub(in crate::image) fn read(r: impl Read, len: u64) -> Result<Tree, String> {
 /// Every index in range and the nodes in strictly increasing path order (see the module's
 /// comment), so that nothing built from them can panic or be out of order.
 fn check(p: &Parts, nodes: &[Node]) -> Result<(), String> {
+    // A name is one clean path component: never empty, `.`, `..` or with a `/`.
     let name_ok = |off: u32, len: u16| {
         let (a, b) = (off as usize, off as usize + len as usize);
-        b <= p.text.len() && p.text.is_char_boundary(a) && p.text.is_char_boundary(b)
+        b <= p.text.len()
+            && p.text.is_char_boundary(a)
+            && p.text.is_char_boundary(b)
+            && !matches!(&p.text[a..b], "" | "." | "..")
+            && !p.text.as_bytes()[a..b].contains(&b'/')
     };
     let Some(&root) = p.dirs.first() else {
         return Ok(()); // (then there are no nodes)
@@ -339,11 +348,21 @@ mod tests {
         let e = read(&resum(x)[..], b.len() as u64).unwrap_err();
         assert!(e.contains("bad node"), "{e}");
         let mut x = b.clone();
-        let (first, second) = (nodes_at..nodes_at + NODE, nodes_at + NODE..nodes_at + 2 * NODE);
+        let (first, second) = (
+            nodes_at..nodes_at + NODE,
+            nodes_at + NODE..nodes_at + 2 * NODE,
+        );
         let a = x[first.clone()].to_vec();
         x.copy_within(second.clone(), first.start);
         x[second].copy_from_slice(&a);
         let e = read(&resum(x)[..], b.len() as u64).unwrap_err();
         assert!(e.contains("out of order"), "{e}");
+        // A name that is not one path component: "b" made "/".
+        let text_at = 52;
+        let k = b[text_at..].iter().position(|&c| c == b'b').unwrap() + text_at;
+        let mut x = b.clone();
+        x[k] = b'/';
+        let e = read(&resum(x)[..], b.len() as u64).unwrap_err();
+        assert!(e.contains("bad node"), "{e}");
     }
 }

@@ -440,7 +440,10 @@ impl Parts {
                 path.extend_from_slice(c);
             }
             // Built from whole UTF-8 names of the arena.
-            hashes.push((d, self.hash_of(std::str::from_utf8(&path).unwrap_or_default())));
+            hashes.push((
+                d,
+                self.hash_of(std::str::from_utf8(&path).unwrap_or_default()),
+            ));
         }
         for (d, h) in hashes {
             match self.index.entry(h) {
