@@ -406,6 +406,17 @@ fn an_image_untagged_and_collected_during_a_snapshot_read_is_held_by_the_lease()
         ctr(&ctrd, &["images", "rm", "--sync", &format!("{REPO}:{tag}")]);
     }
     assert!(!ctrd.images().contains(V2), "{}", ctrd.images());
+    // `rm --sync` waited for the garbage collection: what is left is held. Our view and lease
+    // are there, and the image's two committed snapshots under the view with them (after the
+    // sync, below, the same collection removes them).
+    let (views, leases) = ours(&ctrd);
+    assert!(!views.is_empty() && !leases.is_empty(), "{views:?} {leases:?}");
+    let held = ctr(&ctrd, &["snapshots", "ls"]);
+    assert_eq!(
+        held.lines().filter(|l| l.contains("Committed")).count(),
+        2,
+        "the image's snapshots were not held while the sync read them: {held}"
+    );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     let out = Out::of(child.wait_with_output().unwrap());
     assert!(stopped_early, "the sync ended before it could be stopped");
