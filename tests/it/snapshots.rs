@@ -287,6 +287,42 @@ fn native_snapshots_blobs_and_a_directory_give_the_same_tree() {
     read_paths_give_the_same_tree("native");
 }
 
+/// A containerd without the overlayfs snapshotter (a kernel without overlayfs, or the plugin
+/// disabled) unpacks with the native one: the snapshot read falls back to it, and gives the
+/// tree the blobs give.
+#[test]
+fn without_overlayfs_the_native_snapshots_are_read() {
+    let ctrd = Containerd::start_without_overlayfs();
+    let scratch = tempfile::tempdir().unwrap();
+    let l = layout(scratch.path());
+    ctrd.import_unpacked(&l.dir, REPO, "native");
+    let plugins = ctr(&ctrd, &["plugins", "ls"]);
+    assert!(
+        !plugins.contains("overlayfs"),
+        "overlayfs is not off: {plugins}"
+    );
+    let blobs = world(&ctrd, "blobs");
+    sync_ok(&blobs);
+    let snap = world(&ctrd, "snapshots");
+    let out = sync_ok(&snap);
+    assert!(
+        out.stderr.contains("native snapshot directories"),
+        "{}",
+        out.stderr
+    );
+    same_tree(
+        &blobs.code,
+        &snap.code,
+        "native snapshots against the blobs",
+    );
+    let views = ctr(&ctrd, &["snapshots", "--snapshotter", "native", "ls"]);
+    let leases = ctr(&ctrd, &["leases", "ls", "-q"]);
+    assert!(
+        !views.contains("mw-experimental-") && !leases.contains("mw-experimental-"),
+        "the view or lease stayed: {views} {leases}"
+    );
+}
+
 #[test]
 fn without_snapshots_auto_reads_the_blobs_and_snapshots_fails_clearly() {
     let ctrd = Containerd::start();
@@ -410,7 +446,10 @@ fn an_image_untagged_and_collected_during_a_snapshot_read_is_held_by_the_lease()
     // are there, and the image's two committed snapshots under the view with them (after the
     // sync, below, the same collection removes them).
     let (views, leases) = ours(&ctrd);
-    assert!(!views.is_empty() && !leases.is_empty(), "{views:?} {leases:?}");
+    assert!(
+        !views.is_empty() && !leases.is_empty(),
+        "{views:?} {leases:?}"
+    );
     let held = ctr(&ctrd, &["snapshots", "ls"]);
     assert_eq!(
         held.lines().filter(|l| l.contains("Committed")).count(),

@@ -20,6 +20,12 @@ impl Containerd {
         Containerd::start_with(None, None)
     }
 
+    /// A containerd without the overlayfs snapshotter (as on a kernel without overlayfs):
+    /// images unpack with the native one.
+    pub fn start_without_overlayfs() -> Containerd {
+        Containerd::start_full(None, None, true)
+    }
+
     /// With its socket at `socket` (outside its directory), so that a second one can take the
     /// place of the first, as a restarted containerd does.
     pub fn start_at(socket: &Path) -> Containerd {
@@ -35,6 +41,14 @@ impl Containerd {
     fn start_with(
         registry: Option<&crate::support::web::Registry>,
         socket: Option<&Path>,
+    ) -> Containerd {
+        Containerd::start_full(registry, socket, false)
+    }
+
+    fn start_full(
+        registry: Option<&crate::support::web::Registry>,
+        socket: Option<&Path>,
+        no_overlayfs: bool,
     ) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("mwx-ctrd-")
@@ -62,10 +76,13 @@ state = "{state}"
             state = d.join("state").display(),
             sock = socket.display(),
             opt = d.join("opt").display(),
-            disabled = if registry.is_some() {
-                ""
-            } else {
-                r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#
+            disabled = match (registry.is_some(), no_overlayfs) {
+                (true, false) => "",
+                (true, true) => r#"disabled_plugins = ["io.containerd.snapshotter.v1.overlayfs"]"#,
+                (false, false) => r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#,
+                (false, true) => {
+                    r#"disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.overlayfs"]"#
+                }
             },
             cri = registry.map(|r| cri_config(d, r)).unwrap_or_default(),
         );
