@@ -24,6 +24,7 @@
 //! damaged file is a miss, never wrong data. Over 500 lines: the reader's checks and the damage
 //! tests sit next to the format they check.
 
+use super::tree::file::{Hashing, HashingReader};
 use super::tree::{Node, Parts};
 use super::Tree;
 use super::{Entry, Kind};
@@ -309,40 +310,6 @@ impl LayerCache {
 
 /// A node's fixed part: position, kind, mode, size, mtime, mtime_nsec, flags, path length.
 const NODE_FIXED: u64 = 38;
-
-/// A writer that hashes what goes through it.
-struct Hashing<W> {
-    inner: W,
-    hash: blake3::Hasher,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(b)?;
-        self.hash.update(&b[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// A reader that hashes the first `left` bytes it reads (the payload before the checksum).
-struct HashingReader<R> {
-    inner: R,
-    left: u64,
-    hash: blake3::Hasher,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(b)?;
-        let h = (n as u64).min(self.left) as usize;
-        self.hash.update(&b[..h]);
-        self.left -= h as u64;
-        Ok(n)
-    }
-}
 
 /// Reads a cache file into `parts`/`nodes`; any inconsistency is an error (a miss).
 fn read(

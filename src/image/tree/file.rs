@@ -234,10 +234,10 @@ fn target_ok(p: &Parts, o: usize) -> bool {
         .is_some_and(|t| std::str::from_utf8(t).is_ok())
 }
 
-/// A writer that hashes what goes through it.
-struct Hashing<W> {
-    inner: W,
-    hash: blake3::Hasher,
+/// A writer that hashes what goes through it (also the layer cache's).
+pub(in crate::image) struct Hashing<W> {
+    pub(in crate::image) inner: W,
+    pub(in crate::image) hash: blake3::Hasher,
 }
 
 impl<W: Write> Write for Hashing<W> {
@@ -251,11 +251,12 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// A reader that hashes the first `left` bytes it reads (the payload before the checksum).
-struct HashingReader<R> {
-    inner: R,
-    left: u64,
-    hash: blake3::Hasher,
+/// A reader that hashes the first `left` bytes it reads (the payload before the checksum; also
+/// the layer cache's).
+pub(in crate::image) struct HashingReader<R> {
+    pub(in crate::image) inner: R,
+    pub(in crate::image) left: u64,
+    pub(in crate::image) hash: blake3::Hasher,
 }
 
 impl<R: Read> Read for HashingReader<R> {
