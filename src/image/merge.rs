@@ -525,9 +525,10 @@ mod tests {
     type Row = (String, char, u8, u64);
 
     /// The tree below `prefix` of these layers, and the notes.
-    fn merged(prefix: &str, layers: &[Vec<I>]) -> Result<(Vec<Row>, Vec<String>)> {
-        let mut ing = crate::image::layers::Ingest::new(prefix);
-        for (li, items) in layers.iter().enumerate() {
+    /// Adds the layers `from..to` of `layers` to `ing` (each entry's position: its layer and
+    /// its index in it).
+    fn ingest(layers: &[Vec<I>], from: usize, to: usize, ing: &mut crate::image::layers::Ingest) {
+        for (li, items) in layers.iter().enumerate().take(to).skip(from) {
             let (mut wh, mut opq) = (Vec::new(), Vec::new());
             for (ei, it) in items.iter().enumerate() {
                 let (p, kind, hash, target) = match *it {
@@ -552,6 +553,12 @@ mod tests {
             }
             ing.marks.add(li, wh, opq);
         }
+    }
+
+    /// The tree below `prefix` of these layers, and the notes.
+    fn merged(prefix: &str, layers: &[Vec<I>]) -> Result<(Vec<Row>, Vec<String>)> {
+        let mut ing = crate::image::layers::Ingest::new(prefix);
+        ingest(layers, 0, layers.len(), &mut ing);
         let mut notes = Vec::new();
         let t = merge(ing.parts, ing.nodes, &ing.marks, prefix, "img", &mut notes)?;
         let list = (0..t.len())
@@ -749,35 +756,8 @@ mod tests {
         split: usize,
         whole: bool,
     ) -> Option<Result<(Vec<Row>, Vec<String>)>> {
-        let ingest = |from: usize, to: usize, ing: &mut crate::image::layers::Ingest| {
-            for (li, items) in layers.iter().enumerate().take(to).skip(from) {
-                let (mut wh, mut opq) = (Vec::new(), Vec::new());
-                for (ei, it) in items.iter().enumerate() {
-                    let (p, kind, hash, target) = match *it {
-                        I::D(p) => (p, Kind::Dir, None, None),
-                        I::F(p, h) => (p, Kind::File, Some([h; 32]), None),
-                        I::L(p, t) => (p, Kind::File, None, Some(t.to_string())),
-                        I::S(p) => (p, Kind::Symlink, None, Some("x".to_string())),
-                        I::Wh(p) => {
-                            wh.push(p.to_string());
-                            continue;
-                        }
-                        I::Opq(p) => {
-                            opq.push(p.to_string());
-                            continue;
-                        }
-                    };
-                    let mut entry = dir_0755();
-                    entry.kind = kind;
-                    entry.hash = hash;
-                    entry.target = target;
-                    ing.add(p, &entry, li, ei as u64).unwrap();
-                }
-                ing.marks.add(li, wh, opq);
-            }
-        };
         let mut ing = crate::image::layers::Ingest::new(prefix);
-        ingest(0, split, &mut ing);
+        ingest(layers, 0, split, &mut ing);
         let mut notes = Vec::new();
         let lower = merge(ing.parts, ing.nodes, &ing.marks, prefix, "img", &mut notes).ok()?;
         if !notes.is_empty() || lower.implicit_dirs {
@@ -789,7 +769,7 @@ mod tests {
         let (parts, base) = lower.into_parts();
         let mut ing = crate::image::layers::Ingest::new(prefix);
         ing.parts = parts;
-        ingest(split, layers.len(), &mut ing);
+        ingest(layers, split, layers.len(), &mut ing);
         let t = if whole {
             let mut all = base;
             all.extend(ing.nodes);
