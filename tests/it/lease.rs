@@ -7,21 +7,13 @@ use crate::support::containerd::Containerd;
 use crate::support::oci::{put, Layout};
 use crate::support::*;
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const REPO: &str = "docker-registry.discovery.wmnet/restricted/mediawiki-multiversion";
 
-fn ctr(ctrd: &Containerd, args: &[&str]) -> String {
-    sh(Command::new("ctr")
-        .arg("--address")
-        .arg(&ctrd.socket)
-        .args(["--namespace", "k8s.io"])
-        .args(args))
-}
-
 fn our_leases(ctrd: &Containerd) -> Vec<String> {
-    ctr(ctrd, &["leases", "ls", "-q"])
+    ctrd.ctr(&["leases", "ls", "-q"])
         .lines()
         .filter(|l| l.starts_with("mw-experimental-"))
         .map(str::to_string)
@@ -49,7 +41,7 @@ fn an_image_untagged_and_collected_during_a_sync_is_held_by_the_lease() {
         std::fs::write(root.join("srv/mediawiki/big.bin"), &big).unwrap();
     });
     ctrd.import(&layout.dir, REPO);
-    let blobs_before = ctr(&ctrd, &["content", "ls", "-q"]);
+    let blobs_before = ctrd.ctr(&["content", "ls", "-q"]);
     assert!(blobs_before.lines().count() >= 3, "{blobs_before}");
 
     let mut child = w
@@ -79,7 +71,7 @@ fn an_image_untagged_and_collected_during_a_sync_is_held_by_the_lease() {
         "the sync ended too soon"
     );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    ctr(&ctrd, &["images", "rm", "--sync", &format!("{REPO}:{tag}")]);
+    ctrd.ctr(&["images", "rm", "--sync", &format!("{REPO}:{tag}")]);
     assert!(!ctrd.images().contains(tag), "{}", ctrd.images());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     let out = Out::of(child.wait_with_output().unwrap());
@@ -102,8 +94,8 @@ fn an_image_untagged_and_collected_during_a_sync_is_held_by_the_lease() {
     let other = Layout::new(&w.path().join(unique("o")));
     other.image("x", None, |r| put(r, "srv/y", "y"));
     ctrd.import(&other.dir, "example.org/gc-nudge");
-    ctr(&ctrd, &["images", "rm", "--sync", "example.org/gc-nudge:x"]);
-    let left = ctr(&ctrd, &["content", "ls", "-q"]);
+    ctrd.ctr(&["images", "rm", "--sync", "example.org/gc-nudge:x"]);
+    let left = ctrd.ctr(&["content", "ls", "-q"]);
     assert!(
         left.trim().is_empty(),
         "blobs left after the lease went: {left}"

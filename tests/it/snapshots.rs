@@ -17,14 +17,6 @@ const V1: &str = "2026-11-30-101010-publish-1";
 const V2: &str = "2026-11-30-101010-publish-2";
 const V3: &str = "2026-11-30-101010-publish-3";
 
-fn ctr(ctrd: &Containerd, args: &[&str]) -> String {
-    sh(Command::new("ctr")
-        .arg("--address")
-        .arg(&ctrd.socket)
-        .args(["--namespace", "k8s.io"])
-        .args(args))
-}
-
 /// Three layers: the second removes a file and a directory (whiteouts), changes a mode and a
 /// symlink; the third (a tar of our own: umoci writes no opaque markers) makes a directory
 /// opaque, hiding what the lower layers had in it.
@@ -138,7 +130,7 @@ fn read_paths_give_the_same_tree(snapshotter: &str) {
     let scratch = tempfile::tempdir().unwrap();
     let l = layout(scratch.path());
     ctrd.import_unpacked(&l.dir, REPO, snapshotter);
-    let snaps = ctr(&ctrd, &["snapshots", "--snapshotter", snapshotter, "ls"]);
+    let snaps = ctrd.ctr(&["snapshots", "--snapshotter", snapshotter, "ls"]);
     assert!(snaps.lines().count() >= 3, "not unpacked: {snaps}");
 
     if snapshotter == "overlayfs" {
@@ -262,7 +254,7 @@ fn read_paths_give_the_same_tree(snapshotter: &str) {
         "<?php // v4\n"
     );
     // The sync's views went with them, their leases too.
-    let snaps_after = ctr(&ctrd, &["snapshots", "--snapshotter", snapshotter, "ls"]);
+    let snaps_after = ctrd.ctr(&["snapshots", "--snapshotter", snapshotter, "ls"]);
     assert!(
         !snaps_after.contains("mw-experimental-view"),
         "{snaps_after}"
@@ -273,7 +265,7 @@ fn read_paths_give_the_same_tree(snapshotter: &str) {
         snaps.lines().count() + 1,
         "{snaps_after}"
     );
-    let leases = ctr(&ctrd, &["leases", "ls", "-q"]);
+    let leases = ctrd.ctr(&["leases", "ls", "-q"]);
     assert!(!leases.contains("mw-experimental-"), "{leases}");
 }
 
@@ -296,7 +288,7 @@ fn without_overlayfs_the_native_snapshots_are_read() {
     let scratch = tempfile::tempdir().unwrap();
     let l = layout(scratch.path());
     ctrd.import_unpacked(&l.dir, REPO, "native");
-    let plugins = ctr(&ctrd, &["plugins", "ls"]);
+    let plugins = ctrd.ctr(&["plugins", "ls"]);
     assert!(
         !plugins.contains("overlayfs"),
         "overlayfs is not off: {plugins}"
@@ -315,8 +307,8 @@ fn without_overlayfs_the_native_snapshots_are_read() {
         &snap.code,
         "native snapshots against the blobs",
     );
-    let views = ctr(&ctrd, &["snapshots", "--snapshotter", "native", "ls"]);
-    let leases = ctr(&ctrd, &["leases", "ls", "-q"]);
+    let views = ctrd.ctr(&["snapshots", "--snapshotter", "native", "ls"]);
+    let leases = ctrd.ctr(&["leases", "ls", "-q"]);
     assert!(
         !views.contains("mw-experimental-") && !leases.contains("mw-experimental-"),
         "the view or lease stayed: {views} {leases}"
@@ -331,7 +323,7 @@ fn without_snapshots_auto_reads_the_blobs_and_snapshots_fails_clearly() {
     ctrd.import_unpacked(&l.dir, REPO, "overlayfs");
     // Remove the image's snapshots through containerd, top first; the image stays.
     loop {
-        let snaps = ctr(&ctrd, &["snapshots", "ls"]);
+        let snaps = ctrd.ctr(&["snapshots", "ls"]);
         let keys: Vec<&str> = snaps
             .lines()
             .skip(1)
@@ -347,7 +339,7 @@ fn without_snapshots_auto_reads_the_blobs_and_snapshots_fails_clearly() {
             .filter_map(|l| l.split_whitespace().nth(1))
             .collect();
         for k in keys.iter().filter(|k| !parents.contains(k)) {
-            ctr(&ctrd, &["snapshots", "rm", k]);
+            ctrd.ctr(&["snapshots", "rm", k]);
         }
     }
     assert!(ctrd.images().contains(V3), "{}", ctrd.images());
@@ -387,8 +379,8 @@ fn ours(ctrd: &Containerd) -> (Vec<String>, Vec<String>) {
             .collect()
     };
     (
-        pick(ctr(ctrd, &["snapshots", "ls"])),
-        pick(ctr(ctrd, &["leases", "ls", "-q"])),
+        pick(ctrd.ctr(&["snapshots", "ls"])),
+        pick(ctrd.ctr(&["leases", "ls", "-q"])),
     )
 }
 
@@ -439,7 +431,7 @@ fn an_image_untagged_and_collected_during_a_snapshot_read_is_held_by_the_lease()
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let stopped_early = child.try_wait().unwrap().is_none();
     for tag in [V1, V2] {
-        ctr(&ctrd, &["images", "rm", "--sync", &format!("{REPO}:{tag}")]);
+        ctrd.ctr(&["images", "rm", "--sync", &format!("{REPO}:{tag}")]);
     }
     assert!(!ctrd.images().contains(V2), "{}", ctrd.images());
     // `rm --sync` waited for the garbage collection: what is left is held. Our view and lease
@@ -450,7 +442,7 @@ fn an_image_untagged_and_collected_during_a_snapshot_read_is_held_by_the_lease()
         !views.is_empty() && !leases.is_empty(),
         "{views:?} {leases:?}"
     );
-    let held = ctr(&ctrd, &["snapshots", "ls"]);
+    let held = ctrd.ctr(&["snapshots", "ls"]);
     assert_eq!(
         held.lines().filter(|l| l.contains("Committed")).count(),
         2,
@@ -478,8 +470,8 @@ fn an_image_untagged_and_collected_during_a_snapshot_read_is_held_by_the_lease()
     let other = Layout::new(&w.path().join(unique("o")));
     other.image("x", None, |r| put(r, "srv/y", "y"));
     ctrd.import(&other.dir, "example.org/gc-nudge");
-    ctr(&ctrd, &["images", "rm", "--sync", "example.org/gc-nudge:x"]);
-    let left = ctr(&ctrd, &["snapshots", "ls"]);
+    ctrd.ctr(&["images", "rm", "--sync", "example.org/gc-nudge:x"]);
+    let left = ctrd.ctr(&["snapshots", "ls"]);
     assert!(
         left.lines().count() <= 1,
         "snapshots left after the lease went: {left}"

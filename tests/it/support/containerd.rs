@@ -119,31 +119,27 @@ state = "{state}"
         c
     }
 
-    /// `ctr images import` of an OCI layout (as a tar archive), names under `repo`.
-    pub fn import(&self, layout: &Path, repo: &str) {
-        let tar = self
-            .dir
-            .path()
-            .join(format!("import-{}.tar", crate::support::unique("i")));
-        sh(Command::new("tar")
-            .arg("-C")
-            .arg(layout)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."));
+    /// `ctr ARGS` on this containerd, in the kubelet's namespace; its stdout.
+    pub fn ctr(&self, args: &[&str]) -> String {
         sh(Command::new("ctr")
             .arg("--address")
             .arg(&self.socket)
-            .args(["--namespace", "k8s.io", "images", "import", "--no-unpack"])
-            .arg("--base-name")
-            .arg(repo)
-            .arg(&tar));
-        let _ = std::fs::remove_file(&tar);
+            .args(["--namespace", "k8s.io"])
+            .args(args))
+    }
+
+    /// `ctr images import` of an OCI layout (as a tar archive), names under `repo`.
+    pub fn import(&self, layout: &Path, repo: &str) {
+        self.import_with(layout, repo, &["--no-unpack"]);
     }
 
     /// `ctr images import` of an OCI layout, unpacked into `snapshotter`'s snapshots as the
     /// kubelet's pull unpacks (containerd's own unpack: the same chain IDs, whiteouts, xattrs).
     pub fn import_unpacked(&self, layout: &Path, repo: &str, snapshotter: &str) {
+        self.import_with(layout, repo, &["--snapshotter", snapshotter]);
+    }
+
+    fn import_with(&self, layout: &Path, repo: &str, how: &[&str]) {
         let tar = self
             .dir
             .path()
@@ -154,14 +150,11 @@ state = "{state}"
             .arg("-cf")
             .arg(&tar)
             .arg("."));
-        sh(Command::new("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["--namespace", "k8s.io", "images", "import"])
-            .args(["--snapshotter", snapshotter])
-            .arg("--base-name")
-            .arg(repo)
-            .arg(&tar));
+        let tar_s = tar.to_string_lossy().into_owned();
+        let mut args = vec!["images", "import"];
+        args.extend_from_slice(how);
+        args.extend(["--base-name", repo, tar_s.as_str()]);
+        self.ctr(&args);
         let _ = std::fs::remove_file(&tar);
     }
 
