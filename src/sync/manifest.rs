@@ -15,7 +15,6 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::fmt::Write as _;
-use std::io::BufRead as _;
 use std::path::PathBuf;
 
 /// The last sync: what the unchanged-image check reads (small; the manifest is not parsed).
@@ -76,14 +75,15 @@ pub(super) struct MEntry {
     pub(super) live: (u64, i64, i64),
 }
 
-fn hex(h: &[u8; 32]) -> String {
+/// Appends the lowercase hex of `h` to `s`.
+fn hex_into(h: &[u8; 32], s: &mut String) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(64);
-    for b in h {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
+    let mut b = [0u8; 64];
+    for (pair, x) in b.chunks_exact_mut(2).zip(h) {
+        pair[0] = DIGITS[(x >> 4) as usize];
+        pair[1] = DIGITS[(x & 15) as usize];
     }
-    s
+    s.push_str(std::str::from_utf8(&b).unwrap_or_default());
 }
 
 fn unhex(s: &str) -> Option<[u8; 32]> {
@@ -117,33 +117,54 @@ impl Manifest {
 }
 
 /// The manifest read one line at a time, in its order (sorted by path), so a run never holds
-/// the whole file: a million-entry manifest is about 150 MB of text.
+/// the whole file: a million-entry manifest is about 150 MB of text. It is read in large chunks
+/// and split on newlines in place; [`Reader::next`] checks each line's path (UTF-8, a path of
+/// the tree, after the one before), the other fields are checked where they are used
+/// ([`Reader::entry`], [`Reader::same_image_fields`]).
 pub(super) struct Reader {
-    file: Option<std::io::BufReader<std::fs::File>>,
+    file: Option<std::fs::File>,
     name: PathBuf,
     line_no: usize,
-    line: String,
+    /// Read from the file: `buf[..filled]`; the current line is `buf[start..end]` (with its
+    /// newline, but for a last line without one).
+    buf: Vec<u8>,
+    filled: usize,
+    start: usize,
+    end: usize,
+    /// The file has no more to read.
+    eof: bool,
     path: String,
     /// The previous path's buffer, reused.
     spare: String,
 }
+
+/// How much of the manifest a [`Reader`] reads at a time (a longer line grows it).
+const CHUNK: usize = 1 << 20;
 
 impl Reader {
     /// The manifest of the last sync (none yet: an empty reader).
     pub(super) fn open(cfg: &Config) -> Result<Reader> {
         let name = Manifest::path(cfg);
         let file = match std::fs::File::open(&name) {
-            Ok(f) => Some(std::io::BufReader::with_capacity(1 << 16, f)),
+            Ok(f) => Some(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
                 return Err(e).with_context(|| format!("reading the manifest {}", name.display()))
             }
         };
         Ok(Reader {
+            buf: if file.is_some() {
+                vec![0; CHUNK]
+            } else {
+                Vec::new()
+            },
             file,
             name,
             line_no: 0,
-            line: String::new(),
+            filled: 0,
+            start: 0,
+            end: 0,
+            eof: false,
             path: String::new(),
             spare: String::new(),
         })
@@ -157,37 +178,86 @@ impl Reader {
         )
     }
 
-    /// Moves to the next entry; `false` at the end. A line that is not sorted after the one
-    /// before it is damage.
-    pub(super) fn next(&mut self) -> Result<bool> {
+    /// Reads more of the file after the current line, which moves to the front of the buffer
+    /// (the buffer grows when one line fills it); `false` at the end of the file.
+    fn fill(&mut self) -> Result<bool> {
+        use std::io::Read as _;
         let Some(f) = &mut self.file else {
             return Ok(false);
         };
+        self.buf.copy_within(self.end..self.filled, 0);
+        self.filled -= self.end;
+        self.start = 0;
+        self.end = 0;
+        if self.filled == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
         loop {
-            self.line.clear();
-            let n = f
-                .read_line(&mut self.line)
-                .with_context(|| format!("reading the manifest {}", self.name.display()))?;
-            if n == 0 {
-                self.file = None;
-                return Ok(false);
+            match f.read(&mut self.buf[self.filled..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    self.filled += n;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("reading the manifest {}", self.name.display()))
+                }
             }
+        }
+    }
+
+    /// Moves to the next entry; `false` at the end. A line that is not sorted after the one
+    /// before it is damage.
+    pub(super) fn next(&mut self) -> Result<bool> {
+        if self.file.is_none() {
+            return Ok(false);
+        }
+        loop {
+            let end = match memchr::memchr(b'\n', &self.buf[self.end..self.filled]) {
+                Some(k) => self.end + k + 1,
+                None if !self.eof => {
+                    self.fill()?;
+                    continue;
+                }
+                // The last line, without its newline.
+                None if self.end < self.filled => self.filled,
+                None => {
+                    self.file = None;
+                    return Ok(false);
+                }
+            };
+            (self.start, self.end) = (self.end, end);
             self.line_no += 1;
-            if self.line.starts_with('#') || self.line.trim_end_matches('\n').is_empty() {
+            let line = &self.buf[self.start..self.end];
+            let body = line.strip_suffix(b"\n").unwrap_or(line);
+            if body.is_empty() || body[0] == b'#' {
                 continue;
             }
-            let field = self.line.split('\t').next().unwrap_or("");
+            let field = match memchr::memchr(b'\t', body) {
+                Some(k) => &body[..k],
+                None => body,
+            };
+            let Ok(field) = std::str::from_utf8(field) else {
+                return Err(self.damaged("the path is not UTF-8"));
+            };
             let mut path = std::mem::take(&mut self.spare);
             path.clear();
-            if field.contains('\\') {
+            if memchr::memchr(b'\\', field.as_bytes()).is_some() {
                 path.push_str(&unesc(field));
             } else {
                 path.push_str(field);
             }
             if !is_tree_path(&path) {
+                self.spare = path;
                 return Err(self.damaged("not a path of the tree"));
             }
             if !self.path.is_empty() && path <= self.path {
+                self.spare = path;
                 return Err(self.damaged("out of order"));
             }
             self.spare = std::mem::replace(&mut self.path, path);
@@ -200,18 +270,52 @@ impl Reader {
         &self.path
     }
 
-    /// The current line, with its newline (to copy it unchanged).
-    pub(super) fn raw(&self) -> &str {
-        &self.line
+    /// The current line, with its newline (to copy it unchanged; only its path was checked).
+    pub(super) fn raw(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// The current line's fields after the path (without the newline); `None` if it has none.
+    fn rest(&self) -> Option<&[u8]> {
+        let line = self.raw();
+        let body = line.strip_suffix(b"\n").unwrap_or(line);
+        memchr::memchr(b'\t', body).map(|k| &body[k + 1..])
     }
 
     /// The current entry, parsed.
     pub(super) fn entry(&self) -> Result<MEntry> {
-        let rest = self.line.trim_end_matches('\n').split_once('\t');
-        match rest.and_then(|(_, rest)| parse_rest(rest)) {
+        match self
+            .rest()
+            .and_then(|r| std::str::from_utf8(r).ok())
+            .and_then(parse_rest)
+        {
             Some(m) => Ok(m),
             None => Err(self.damaged("a field is missing or malformed")),
         }
+    }
+
+    /// Whether the current line holds, byte for byte, the image fields `fields` (as
+    /// [`image_fields`] wrote them for an entry) and well-formed live fields: then
+    /// [`Reader::entry`] would parse to that entry (when [`fields_round_trip`] says so), which
+    /// this settles without parsing. `false` says nothing: parse it.
+    pub(super) fn same_image_fields(&self, fields: &[u8]) -> bool {
+        let Some(live) = self
+            .rest()
+            .and_then(|r| r.strip_prefix(fields))
+            .and_then(|r| r.strip_prefix(b"\t"))
+        else {
+            return false;
+        };
+        let mut it = live.split(|&b| b == b'\t');
+        let (Some(ino), Some(mt), Some(ct), None) = (it.next(), it.next(), it.next(), it.next())
+        else {
+            return false;
+        };
+        // The checks `parse_rest` makes of the live fields.
+        fn num<T: std::str::FromStr>(f: &[u8]) -> bool {
+            std::str::from_utf8(f).is_ok_and(|f| f.parse::<T>().is_ok())
+        }
+        num::<u64>(ino) && num::<i64>(mt) && num::<i64>(ct)
     }
 
     /// The entry at `p`, if the manifest has it; `p` must not be before the last one asked
@@ -245,12 +349,12 @@ impl Writer {
         let f = std::fs::File::create(&tmp)
             .with_context(|| format!("writing the manifest {}", tmp.display()))?;
         let mut w = Writer {
-            out: Some(std::io::BufWriter::with_capacity(1 << 16, f)),
+            out: Some(std::io::BufWriter::with_capacity(CHUNK, f)),
             tmp,
             path,
             buf: String::with_capacity(256),
         };
-        w.raw(&format!("{}\n", Manifest::HEADER))?;
+        w.raw(format!("{}\n", Manifest::HEADER).as_bytes())?;
         Ok(w)
     }
 
@@ -258,16 +362,16 @@ impl Writer {
         let mut s = std::mem::take(&mut self.buf);
         s.clear();
         line(p, m, &mut s);
-        let r = self.raw(&s);
+        let r = self.raw(s.as_bytes());
         self.buf = s;
         r
     }
 
     /// A line as it is (with its newline).
-    pub(super) fn raw(&mut self, l: &str) -> Result<()> {
+    pub(super) fn raw(&mut self, l: &[u8]) -> Result<()> {
         use std::io::Write as _;
         let out = self.out.as_mut().expect("not committed");
-        out.write_all(l.as_bytes())
+        out.write_all(l)
             .with_context(|| format!("writing the manifest {}", self.tmp.display()))
     }
 
@@ -295,20 +399,37 @@ impl Drop for Writer {
 /// One manifest line (with its newline): also the form of a journaled intent.
 pub(super) fn line(p: &str, m: &MEntry, s: &mut String) {
     esc(p, s);
+    s.push('\t');
+    image_fields(&m.e, s);
+    let _ = writeln!(s, "\t{}\t{}\t{}", m.live.0, m.live.1, m.live.2);
+}
+
+/// The image fields of a manifest line (kind, mode, size, mtime.nsec, hash, target: what
+/// [`line`] writes between the path and the live fields), appended to `s`.
+pub(super) fn image_fields(e: &Entry, s: &mut String) {
     let _ = write!(
         s,
-        "\t{}\t{:o}\t{}\t{}.{}\t{}\t",
-        m.e.kind.letter(),
-        m.e.mode,
-        m.e.size,
-        m.e.mtime,
-        m.e.mtime_nsec,
-        m.e.hash.as_ref().map(hex).unwrap_or_else(|| "-".into())
+        "{}\t{:o}\t{}\t{}.{}\t",
+        e.kind.letter(),
+        e.mode,
+        e.size,
+        e.mtime,
+        e.mtime_nsec
     );
-    if let Some(t) = &m.e.target {
+    match &e.hash {
+        Some(h) => hex_into(h, s),
+        None => s.push('-'),
+    }
+    s.push('\t');
+    if let Some(t) = &e.target {
         esc(t, s);
     }
-    let _ = writeln!(s, "\t{}\t{}\t{}", m.live.0, m.live.1, m.live.2);
+}
+
+/// Whether [`image_fields`] of `e` parse back to `e` (all but an empty target, which reads back
+/// as none): only then may [`Reader::same_image_fields`] stand for a comparison of entries.
+pub(super) fn fields_round_trip(e: &Entry) -> bool {
+    e.target.as_deref() != Some("")
 }
 
 /// Parses what [`line`] wrote (without the newline); `None` when it is damaged.
@@ -349,7 +470,10 @@ fn parse_rest(rest: &str) -> Option<MEntry> {
 /// A path of the tree as the manifest and the journal hold it: relative, no empty, `.` or `..`
 /// component. Anything else in those files is damage, never a path to open.
 pub(super) fn is_tree_path(p: &str) -> bool {
-    !p.is_empty() && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+    !p.is_empty()
+        && p.as_bytes()
+            .split(|&b| b == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..")
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! one pass beside the old manifest (the per-path work is already in the submodules).
 
 use super::live::collect_added;
-use super::manifest::{MEntry, Reader, Writer};
+use super::manifest::{self, MEntry, Reader, Writer};
 use super::{in_scope, metrics, sync_dir, under, MAX_LISTED, TEST_KILL_AFTER};
 use crate::config::Config;
 use crate::fs::at::{self, DirCache};
@@ -277,6 +277,7 @@ impl<'a> Engine<'a> {
         let mut j = 0;
         let mut more = old.next()?;
         let mut tp = String::new(); // the path of tree entry j
+        let mut fields = String::new(); // its image fields, as a manifest line has them
         if n > 0 {
             self.tree.path_into(0, &mut tp);
         }
@@ -290,7 +291,7 @@ impl<'a> Engine<'a> {
                 }
                 j += 1;
                 if j < n {
-                    self.tree.path_into(j, &mut tp);
+                    self.tree.path_next(j, &mut tp);
                 }
             }
             if !more {
@@ -301,36 +302,22 @@ impl<'a> Engine<'a> {
                 if let Some(pr) = &self.progress {
                     pr.scanned(1);
                 }
-                if in_scope(&self.opts.scope, p) {
+                if in_scope(&self.opts.scope, p)
+                    && (self.opts.all_changed
+                        || !unchanged(&old, &self.tree.entry(j), &mut fields)?)
+                {
                     let m = old.entry()?;
-                    let e = self.tree.entry(j);
-                    // The common case, settled without a copy: the image did not change it.
-                    // A file of the `directory` source, which hashes lazily, carries no hash:
-                    // like rsync's quick check (and `decide`'s), the same size and mtime are
-                    // the same file, and the manifest's line, hash and all, stays. (Sent on
-                    // to `decide`, it would do the same, and hold its old entry till then.)
-                    let unchanged = !self.opts.all_changed
-                        && if e.kind == crate::image::Kind::File && e.hash.is_none() {
-                            m.e.hash.is_some()
-                                && (e.kind, e.mode, e.size, e.mtime, e.mtime_nsec)
-                                    == (m.e.kind, m.e.mode, m.e.size, m.e.mtime, m.e.mtime_nsec)
-                                && e.target == m.e.target
-                        } else {
-                            e == m.e
-                        };
-                    if !unchanged {
-                        todo.push(j as u32);
-                        if olds.len() < KEEP_OLD && !reread {
-                            olds.push((j as u32, m));
-                        } else {
-                            reread = true;
-                            olds = Vec::new();
-                        }
+                    todo.push(j as u32);
+                    if olds.len() < KEEP_OLD && !reread {
+                        olds.push((j as u32, m));
+                    } else {
+                        reread = true;
+                        olds = Vec::new();
                     }
                 }
                 j += 1;
                 if j < n {
-                    self.tree.path_into(j, &mut tp);
+                    self.tree.path_next(j, &mut tp);
                 }
             } else if in_scope(&self.opts.scope, p) {
                 self.gone.push((p.to_string(), old.entry()?));
@@ -474,6 +461,32 @@ impl<'a> Engine<'a> {
     }
 }
 
+/// Whether the image did not change the path that tree entry `e` and the old manifest's current
+/// line share: the common case, settled without parsing the line when it holds `e`'s image
+/// fields byte for byte (`fields` is a buffer to render them in); else the line is parsed and
+/// compared, which gives the same answer.
+fn unchanged(old: &Reader, e: &Entry, fields: &mut String) -> Result<bool> {
+    // A file of the `directory` source, which hashes lazily, carries no hash: like rsync's
+    // quick check (and `decide`'s), the same size and mtime are the same file, and the
+    // manifest's line, hash and all, stays. (Sent on to `decide`, it would do the same, and
+    // hold its old entry till then.)
+    if e.kind == crate::image::Kind::File && e.hash.is_none() {
+        let m = old.entry()?;
+        return Ok(m.e.hash.is_some()
+            && (e.kind, e.mode, e.size, e.mtime, e.mtime_nsec)
+                == (m.e.kind, m.e.mode, m.e.size, m.e.mtime, m.e.mtime_nsec)
+            && e.target == m.e.target);
+    }
+    if manifest::fields_round_trip(e) {
+        fields.clear();
+        manifest::image_fields(e, fields);
+        if old.same_image_fields(fields.as_bytes()) {
+            return Ok(true);
+        }
+    }
+    Ok(old.entry()?.e == *e)
+}
+
 impl Engine<'_> {
     /// The new manifest: the old one (streamed again) with the slots applied; the paths the
     /// image dropped in scope leave it.
@@ -481,23 +494,26 @@ impl Engine<'_> {
         let mut old = Reader::open(self.cfg)?;
         let mut w = Writer::create(self.cfg)?;
         let mut more = old.next()?;
+        let n = self.tree.len();
         let mut i = 0;
-        let mut tp = String::new();
-        while more || i < self.tree.len() {
-            let t = (i < self.tree.len()).then(|| self.tree.path_into(i, &mut tp));
+        let mut tp = String::new(); // the path of tree entry i
+        if n > 0 {
+            self.tree.path_into(0, &mut tp);
+        }
+        while more || i < n {
             let o = more.then(|| old.path());
-            match (o, t) {
-                (Some(o), t) if t.is_none_or(|t| o < t) => {
+            match o {
+                Some(o) if i == n || o < tp.as_str() => {
                     if !in_scope(&self.opts.scope, o) {
                         w.raw(old.raw())?;
                     }
                     more = old.next()?;
                 }
-                (o, Some(t)) => {
-                    let same = o == Some(t);
+                _ => {
+                    let same = o == Some(tp.as_str());
                     match self.slots[i].live() {
                         Some(live) => w.entry(
-                            t,
+                            &tp,
                             &MEntry {
                                 e: self.tree.entry(i),
                                 live,
@@ -510,8 +526,10 @@ impl Engine<'_> {
                         more = old.next()?;
                     }
                     i += 1;
+                    if i < n {
+                        self.tree.path_next(i, &mut tp);
+                    }
                 }
-                (_, None) => unreachable!("handled above"),
             }
         }
         w.commit()
