@@ -76,14 +76,14 @@ pub(super) struct MEntry {
 }
 
 /// Appends the lowercase hex of `h` to `s`.
-fn hex_into(h: &[u8; 32], s: &mut String) {
+fn hex_into(h: &[u8; 32], s: &mut Vec<u8>) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut b = [0u8; 64];
     for (pair, x) in b.chunks_exact_mut(2).zip(h) {
         pair[0] = DIGITS[(x >> 4) as usize];
         pair[1] = DIGITS[(x & 15) as usize];
     }
-    s.push_str(std::str::from_utf8(&b).unwrap_or_default());
+    s.extend_from_slice(&b);
 }
 
 fn unhex(s: &str) -> Option<[u8; 32]> {
@@ -123,11 +123,15 @@ impl Manifest {
 /// ([`Reader::entry`], [`Reader::same_image_fields`]).
 pub(super) struct Reader {
     file: Option<std::fs::File>,
+    /// The same open file, kept past the end ([`Reader::into_source`]).
+    source: Option<std::fs::File>,
     name: PathBuf,
     line_no: usize,
     /// Read from the file: `buf[..filled]`; the current line is `buf[start..end]` (with its
     /// newline, but for a last line without one).
     buf: Vec<u8>,
+    /// Where `buf[0]` is in the file.
+    base: u64,
     filled: usize,
     start: usize,
     end: usize,
@@ -152,7 +156,16 @@ impl Reader {
                 return Err(e).with_context(|| format!("reading the manifest {}", name.display()))
             }
         };
+        let source = match &file {
+            Some(f) => Some(
+                f.try_clone()
+                    .with_context(|| format!("reading the manifest {}", name.display()))?,
+            ),
+            None => None,
+        };
         Ok(Reader {
+            source,
+            base: 0,
             buf: if file.is_some() {
                 vec![0; CHUNK]
             } else {
@@ -186,6 +199,7 @@ impl Reader {
             return Ok(false);
         };
         self.buf.copy_within(self.end..self.filled, 0);
+        self.base += self.end as u64;
         self.filled -= self.end;
         self.start = 0;
         self.end = 0;
@@ -275,6 +289,18 @@ impl Reader {
         &self.buf[self.start..self.end]
     }
 
+    /// Where the current line is in the file: its first byte and the one after its end.
+    pub(super) fn span(&self) -> (u64, u64) {
+        (self.base + self.start as u64, self.base + self.end as u64)
+    }
+
+    /// The file read (the same open file, so the same bytes whatever replaced it since: the
+    /// manifest is never written in place), to copy [`Reader::span`]s of it with
+    /// [`Writer::copy`]; none when there was no manifest.
+    pub(super) fn into_source(self) -> Option<std::fs::File> {
+        self.source
+    }
+
     /// The current line's fields after the path (without the newline); `None` if it has none.
     fn rest(&self) -> Option<&[u8]> {
         let line = self.raw();
@@ -312,10 +338,27 @@ impl Reader {
             return false;
         };
         // The checks `parse_rest` makes of the live fields.
-        fn num<T: std::str::FromStr>(f: &[u8]) -> bool {
-            std::str::from_utf8(f).is_ok_and(|f| f.parse::<T>().is_ok())
+        // (Digits that fit, after a `-` where one may be, parse; anything else is parsed.)
+        fn num(f: &[u8], signed: bool) -> bool {
+            let digits = if signed {
+                f.strip_prefix(b"-").unwrap_or(f)
+            } else {
+                f
+            };
+            // (Nineteen digits pass i64::MAX only past "9223372036854775807", which is as
+            // long, so compares as text.)
+            let fits = digits.len() < 19
+                || (digits.len() == 19 && (!signed || digits <= &b"9223372036854775807"[..]));
+            (!digits.is_empty() && fits && digits.iter().all(u8::is_ascii_digit))
+                || std::str::from_utf8(f).is_ok_and(|f| {
+                    if signed {
+                        f.parse::<i64>().is_ok()
+                    } else {
+                        f.parse::<u64>().is_ok()
+                    }
+                })
         }
-        num::<u64>(ino) && num::<i64>(mt) && num::<i64>(ct)
+        num(ino, false) && num(mt, true) && num(ct, true)
     }
 
     /// The entry at `p`, if the manifest has it; `p` must not be before the last one asked
@@ -375,6 +418,40 @@ impl Writer {
             .with_context(|| format!("writing the manifest {}", self.tmp.display()))
     }
 
+    /// Bytes `start..end` of `from` (whole lines of an old manifest, see [`Reader::span`]) as
+    /// they are: copied by the kernel where it can (`copy_file_range`), else read and written.
+    pub(super) fn copy(&mut self, from: &std::fs::File, (start, end): (u64, u64)) -> Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::FileExt as _;
+        let tmp = &self.tmp;
+        let out = self.out.as_mut().expect("not committed");
+        let ctx = || format!("writing the manifest {}", tmp.display());
+        out.flush().with_context(ctx)?;
+        let mut off = start;
+        while off < end {
+            let want = usize::try_from(end - off)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
+            match rustix::fs::copy_file_range(from, Some(&mut off), out.get_mut(), None, want) {
+                Ok(n) if n > 0 => continue,
+                Err(rustix::io::Errno::INTR) => continue,
+                _ => break,
+            }
+        }
+        // What the kernel did not copy (another file system, an old kernel), by hand.
+        let mut buf = vec![0u8; usize::try_from(end - off).unwrap_or(CHUNK).min(CHUNK)];
+        while off < end {
+            let want = usize::try_from(end - off).unwrap_or(CHUNK).min(buf.len());
+            let n = from.read_at(&mut buf[..want], off).with_context(ctx)?;
+            if n == 0 {
+                anyhow::bail!("{}: the old manifest ended early", ctx());
+            }
+            out.write_all(&buf[..n]).with_context(ctx)?;
+            off += n as u64;
+        }
+        Ok(())
+    }
+
     /// Flushes and renames it into place. No fsync: after a power cut an old or empty manifest
     /// only makes the next sync compare content (live entries equal to the image are adopted,
     /// others are kept as edits), never lose data.
@@ -400,30 +477,55 @@ impl Drop for Writer {
 pub(super) fn line(p: &str, m: &MEntry, s: &mut String) {
     esc(p, s);
     s.push('\t');
-    image_fields(&m.e, s);
+    let mut f = Vec::with_capacity(128);
+    image_fields(&m.e, &mut f);
+    // (ASCII but for the target, which came from a `str`.)
+    s.push_str(&String::from_utf8_lossy(&f));
     let _ = writeln!(s, "\t{}\t{}\t{}", m.live.0, m.live.1, m.live.2);
 }
 
 /// The image fields of a manifest line (kind, mode, size, mtime.nsec, hash, target: what
 /// [`line`] writes between the path and the live fields), appended to `s`.
-pub(super) fn image_fields(e: &Entry, s: &mut String) {
-    let _ = write!(
-        s,
-        "{}\t{:o}\t{}\t{}.{}\t",
-        e.kind.letter(),
-        e.mode,
-        e.size,
-        e.mtime,
-        e.mtime_nsec
-    );
+pub(super) fn image_fields(e: &Entry, s: &mut Vec<u8>) {
+    // (As `write!` with `{}` and `{:o}` would write them, by hand: this runs for every path.)
+    s.push(e.kind.letter() as u8);
+    s.push(b'\t');
+    push_digits::<8>(s, u64::from(e.mode));
+    s.push(b'\t');
+    push_digits::<10>(s, e.size);
+    s.push(b'\t');
+    if e.mtime < 0 {
+        s.push(b'-');
+    }
+    push_digits::<10>(s, e.mtime.unsigned_abs());
+    s.push(b'.');
+    push_digits::<10>(s, u64::from(e.mtime_nsec));
+    s.push(b'\t');
     match &e.hash {
         Some(h) => hex_into(h, s),
-        None => s.push('-'),
+        None => s.push(b'-'),
     }
-    s.push('\t');
+    s.push(b'\t');
     if let Some(t) = &e.target {
-        esc(t, s);
+        let mut t2 = String::new();
+        esc(t, &mut t2);
+        s.extend_from_slice(t2.as_bytes());
     }
+}
+
+/// Appends `v` in base `RADIX` (8 or 10), as `{:o}` or `{}` writes it.
+fn push_digits<const RADIX: u64>(s: &mut Vec<u8>, mut v: u64) {
+    let mut b = [0u8; 24];
+    let mut k = b.len();
+    loop {
+        k -= 1;
+        b[k] = b'0' + (v % RADIX) as u8;
+        v /= RADIX;
+        if v == 0 {
+            break;
+        }
+    }
+    s.extend_from_slice(&b[k..]);
 }
 
 /// Whether [`image_fields`] of `e` parse back to `e` (all but an empty target, which reads back
@@ -470,10 +572,20 @@ fn parse_rest(rest: &str) -> Option<MEntry> {
 /// A path of the tree as the manifest and the journal hold it: relative, no empty, `.` or `..`
 /// component. Anything else in those files is damage, never a path to open.
 pub(super) fn is_tree_path(p: &str) -> bool {
-    !p.is_empty()
-        && p.as_bytes()
-            .split(|&b| b == b'/')
-            .all(|c| !c.is_empty() && c != b"." && c != b"..")
+    // (Every line of the manifest is checked, so in one plain pass: an empty component is a `/`
+    // at the start, at the end or after another; a `.` or `..` one starts with a `.`.)
+    let b = p.as_bytes();
+    let sep = |k: usize| b.get(k).is_none_or(|&c| c == b'/');
+    let mut prev = b'/';
+    for (k, &c) in b.iter().enumerate() {
+        if prev == b'/'
+            && (c == b'/' || (c == b'.' && (sep(k + 1) || (b[k + 1] == b'.' && sep(k + 2)))))
+        {
+            return false;
+        }
+        prev = c;
+    }
+    prev != b'/'
 }
 
 #[cfg(test)]
@@ -539,6 +651,135 @@ mod tests {
         assert!(r.next().unwrap());
         let e = r.entry().unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("damaged"), "{e}");
+    }
+
+    #[test]
+    fn the_tree_path_check_is_the_component_rule() {
+        let rule =
+            |p: &str| !p.is_empty() && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+        let parts = ["a", ".", "..", "...", ".a", "a.", "", "é", "b..c"];
+        let mut n = 0;
+        for x in parts {
+            for y in parts {
+                for z in parts {
+                    for p in [
+                        x.to_string(),
+                        format!("{x}/{y}"),
+                        format!("{x}/{y}/{z}"),
+                        format!("{x}{y}/{z}"),
+                        format!("/{x}"),
+                        format!("{x}/"),
+                    ] {
+                        assert_eq!(is_tree_path(&p), rule(&p), "{p:?}");
+                        n += 1;
+                    }
+                }
+            }
+        }
+        assert!(n > 1000);
+    }
+
+    #[test]
+    fn image_fields_are_what_the_format_writes_and_a_line_holding_them_is_the_same_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = cfg(tmp.path());
+        let mut entries = Vec::new();
+        for (mode, size, mtime, nsec) in [
+            (0o644, 0, 0, 0),
+            (0o7777, u64::MAX, i64::MIN, u32::MAX),
+            (0, 12345, -1, 999_999_999),
+            (0o755, 1, i64::MAX, 7),
+        ] {
+            for (kind, hash, target) in [
+                (Kind::File, Some([0xa5; 32]), None),
+                (Kind::File, None, None),
+                (Kind::Dir, None, None),
+                (Kind::Symlink, None, Some("../x\ty\\z".to_string())),
+                (Kind::Symlink, None, Some(String::new())),
+            ] {
+                entries.push(Entry {
+                    kind,
+                    mode,
+                    size,
+                    mtime,
+                    mtime_nsec: nsec,
+                    hash,
+                    target,
+                });
+            }
+        }
+        let mut w = Writer::create(&c).unwrap();
+        for (k, e) in entries.iter().enumerate() {
+            let m = MEntry {
+                e: e.clone(),
+                live: (k as u64, -(k as i64), k as i64),
+            };
+            let (mut ours, mut theirs) = (Vec::new(), String::new());
+            image_fields(e, &mut ours);
+            let _ = write!(
+                theirs,
+                "{}\t{:o}\t{}\t{}.{}\t{}\t",
+                e.kind.letter(),
+                e.mode,
+                e.size,
+                e.mtime,
+                e.mtime_nsec,
+                e.hash
+                    .as_ref()
+                    .map(|h| h.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                    .unwrap_or_else(|| "-".into())
+            );
+            if let Some(t) = &e.target {
+                esc(t, &mut theirs);
+            }
+            assert_eq!(String::from_utf8(ours).unwrap(), theirs);
+            w.entry(&format!("p{k:03}"), &m).unwrap();
+        }
+        w.raw(b"p999\tf\t644\t0\t0.0\t-\t\t1\tx\t3\n").unwrap();
+        w.commit().unwrap();
+        let mut r = Reader::open(&c).unwrap();
+        let mut fields = Vec::new();
+        for e in &entries {
+            assert!(r.next().unwrap());
+            fields.clear();
+            image_fields(e, &mut fields);
+            let parsed = r.entry().unwrap().e;
+            // Equal bytes stand for an equal entry exactly when the fields round-trip.
+            assert!(r.same_image_fields(&fields));
+            assert_eq!(parsed == *e, fields_round_trip(e), "{e:?}");
+        }
+        // A damaged live field is never taken for the same entry (it is parsed: an error).
+        assert!(r.next().unwrap());
+        assert!(!r.same_image_fields(b"f\t644\t0\t0.0\t-\t"));
+        assert!(r.entry().is_err());
+        assert!(!r.next().unwrap());
+    }
+
+    #[test]
+    fn lines_across_chunks_a_line_longer_than_a_chunk_and_a_last_line_without_newline_are_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = cfg(tmp.path());
+        let long = format!("m/{}", "x".repeat(CHUNK * 2 + 3));
+        let mut paths: Vec<String> = (0..40_000).map(|k| format!("a/{k:06}")).collect();
+        paths.push(long.clone());
+        let mut w = Writer::create(&c).unwrap();
+        for p in &paths {
+            w.entry(p, &entry(p.len() as u64)).unwrap();
+        }
+        w.raw(b"\n# a comment\nz\tf\t644\t9\t1.0\t-\t\t1\t2\t3")
+            .unwrap();
+        w.commit().unwrap();
+        let mut r = Reader::open(&c).unwrap();
+        for p in &paths {
+            assert!(r.next().unwrap());
+            assert_eq!(r.path(), p);
+            assert_eq!(r.entry().unwrap().e.size, p.len() as u64);
+        }
+        assert!(r.next().unwrap());
+        assert_eq!((r.path(), r.entry().unwrap().e.size), ("z", 9));
+        assert!(r.raw().ends_with(b"\t3"));
+        assert!(!r.next().unwrap());
+        assert!(!r.next().unwrap());
     }
 
     #[test]
