@@ -5,7 +5,8 @@
 //! never write either file in place (a killed run leaves the old one whole), never skip a
 //! damaged or out-of-order manifest line (that is an error naming the file, the line and what to
 //! do), and never hold the whole manifest: it is read with a [`Reader`] and written with a
-//! [`Writer`], a line at a time in path order, because at a million entries it is ~150 MB.
+//! [`Writer`], a line at a time in path order (runs of unchanged lines copied from the old
+//! file as they are), because at a million entries it is ~150 MB.
 
 use super::sync_dir;
 use crate::config::Config;
