@@ -783,6 +783,45 @@ impl Tree {
             side >> 20
         );
     }
+
+    /// The path of entry `i`, built into `buf`, which holds the path of entry `i - 1` (as
+    /// [`Tree::path_into`] or this built it): a pass over the tree in order then changes only
+    /// the end of it, as neighbours in path order share their directory, or one is the other's
+    /// directory, or the next one's directory is one of the last one's (then `buf` is cut back
+    /// to it). Otherwise it is [`Tree::path_into`].
+    pub fn path_next<'b>(&self, i: usize, buf: &'b mut String) -> &'b str {
+        if i == 0 {
+            return self.path_into(i, buf);
+        }
+        let (a, b) = (self.nodes[i - 1], self.nodes[i]);
+        let prev = self.parts.name(a.off, a.len);
+        let name = self.parts.name(b.off, b.len);
+        if !buf.ends_with(prev) {
+            return self.path_into(i, buf);
+        }
+        // `buf` without the last name: the path of a's directory and a `/`, or empty at the top.
+        let mut keep = buf.len() - prev.len();
+        let bd = self.parts.dirs[b.dir as usize];
+        if b.dir != 0 && bd.parent == a.dir && self.parts.name(bd.off, bd.len) == prev {
+            // Down into a, a directory.
+            buf.push('/');
+        } else {
+            // In a's directory or one above it.
+            let mut d = a.dir;
+            while d != b.dir {
+                let x = self.parts.dirs[d as usize];
+                match keep.checked_sub(usize::from(x.len) + 1) {
+                    Some(k) if d != 0 => keep = k,
+                    _ => return self.path_into(i, buf),
+                }
+                d = x.parent;
+            }
+            buf.truncate(keep);
+        }
+        buf.push_str(name);
+        debug_assert_eq!(buf.as_str(), self.path(i));
+        buf
+    }
 }
 
 #[cfg(test)]

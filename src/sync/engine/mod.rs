@@ -10,7 +10,7 @@
 //! one pass beside the old manifest (the per-path work is already in the submodules).
 
 use super::live::collect_added;
-use super::manifest::{MEntry, Reader, Writer};
+use super::manifest::{self, MEntry, Reader, Writer};
 use super::{in_scope, metrics, sync_dir, under, MAX_LISTED, TEST_KILL_AFTER};
 use crate::config::Config;
 use crate::fs::at::{self, DirCache};
@@ -66,6 +66,45 @@ impl Slot {
     }
 }
 
+/// How the old manifest and the tree line up, as the pass beside them found it, in file order:
+/// what the new manifest is made of (see [`Engine::write_manifest`]).
+#[derive(Clone, Copy, Debug)]
+enum Seg {
+    /// Lines `span` of the old manifest are those of tree entries `j..j + n`, one for one, and
+    /// the image did not change them (the run leaves them be: their lines are copied).
+    Same { span: (u64, u64), j: u32, n: u32 },
+    /// The line `span` of the old manifest is that of tree entry `j`, which the run decides on.
+    Pair { span: (u64, u64), j: u32 },
+    /// Lines the tree does not have: kept (out of scope) or dropped.
+    Old { span: (u64, u64), keep: bool },
+    /// Tree entries `j..j + n` the old manifest does not have.
+    New { j: u32, n: u32 },
+}
+
+/// Appends `s` to `segs`, merged into the last one when it goes on from it.
+fn push_seg(segs: &mut Vec<Seg>, s: Seg) {
+    match (segs.last_mut(), s) {
+        (
+            Some(Seg::Same { span, j, n }),
+            Seg::Same {
+                span: sp,
+                j: sj,
+                n: sn,
+            },
+        ) if span.1 == sp.0 && *j + *n == sj => {
+            span.1 = sp.1;
+            *n += sn;
+        }
+        (Some(Seg::Old { span, keep }), Seg::Old { span: sp, keep: k })
+            if span.1 == sp.0 && *keep == k =>
+        {
+            span.1 = sp.1;
+        }
+        (Some(Seg::New { j, n }), Seg::New { j: sj, n: sn }) if *j + *n == sj => *n += sn,
+        _ => segs.push(s),
+    }
+}
+
 pub(super) struct Engine<'a> {
     cfg: &'a Config,
     image: &'a Image,
@@ -75,6 +114,10 @@ pub(super) struct Engine<'a> {
     slots: Vec<Slot>,
     /// What the image dropped (in scope), as the old manifest had it.
     gone: Vec<(String, MEntry)>,
+    /// How the old manifest and the tree line up (none when that took too many segments: the
+    /// new manifest is then merged by path), and the old manifest's open file.
+    segs: Option<Vec<Seg>>,
+    source: Option<std::fs::File>,
     /// During the content phase the tree is lent to the image's fetch: the hashes of written
     /// files whose tree entry had none yet (the `directory` source hashes lazily) wait here.
     hashes: Option<Vec<(u32, [u8; 32])>>,
@@ -165,6 +208,8 @@ impl<'a> Engine<'a> {
             slots: vec![Slot::OLD; tree.len()],
             tree,
             gone: Vec::new(),
+            segs: None,
+            source: None,
             hashes: None,
             opts,
             policy,
@@ -271,12 +316,24 @@ impl<'a> Engine<'a> {
         // the manifest again. (Debug builds, which the tests run, keep only 2, so that both ways
         // are taken by the tests' small trees.)
         const KEEP_OLD: usize = if cfg!(debug_assertions) { 2 } else { 100_000 };
+        // How the old manifest and the tree line up is kept, up to a bound too (see `Seg`).
+        const MAX_SEGS: usize = if cfg!(debug_assertions) { 8 } else { 100_000 };
+        let mut segs = Some(Vec::new());
+        let seg = |segs: &mut Option<Vec<Seg>>, s: Seg| {
+            if let Some(v) = segs {
+                push_seg(v, s);
+                if v.len() > MAX_SEGS {
+                    *segs = None;
+                }
+            }
+        };
         let mut old = Reader::open(self.cfg)?;
         let (mut todo, mut olds, mut reread) = (Vec::<u32>::new(), Vec::new(), false);
         let n = self.tree.len();
         let mut j = 0;
         let mut more = old.next()?;
         let mut tp = String::new(); // the path of tree entry j
+        let mut fields = Vec::new(); // its image fields, as a manifest line has them
         if n > 0 {
             self.tree.path_into(0, &mut tp);
         }
@@ -288,9 +345,10 @@ impl<'a> Engine<'a> {
                 if in_scope(&self.opts.scope, &tp) {
                     todo.push(j as u32);
                 }
+                seg(&mut segs, Seg::New { j: j as u32, n: 1 });
                 j += 1;
                 if j < n {
-                    self.tree.path_into(j, &mut tp);
+                    self.tree.path_next(j, &mut tp);
                 }
             }
             if !more {
@@ -301,43 +359,45 @@ impl<'a> Engine<'a> {
                 if let Some(pr) = &self.progress {
                     pr.scanned(1);
                 }
-                if in_scope(&self.opts.scope, p) {
+                if in_scope(&self.opts.scope, p)
+                    && (self.opts.all_changed
+                        || !unchanged(&old, &self.tree.entry(j), &mut fields)?)
+                {
                     let m = old.entry()?;
-                    let e = self.tree.entry(j);
-                    // The common case, settled without a copy: the image did not change it.
-                    // A file of the `directory` source, which hashes lazily, carries no hash:
-                    // like rsync's quick check (and `decide`'s), the same size and mtime are
-                    // the same file, and the manifest's line, hash and all, stays. (Sent on
-                    // to `decide`, it would do the same, and hold its old entry till then.)
-                    let unchanged = !self.opts.all_changed
-                        && if e.kind == crate::image::Kind::File && e.hash.is_none() {
-                            m.e.hash.is_some()
-                                && (e.kind, e.mode, e.size, e.mtime, e.mtime_nsec)
-                                    == (m.e.kind, m.e.mode, m.e.size, m.e.mtime, m.e.mtime_nsec)
-                                && e.target == m.e.target
-                        } else {
-                            e == m.e
-                        };
-                    if !unchanged {
-                        todo.push(j as u32);
-                        if olds.len() < KEEP_OLD && !reread {
-                            olds.push((j as u32, m));
-                        } else {
-                            reread = true;
-                            olds = Vec::new();
-                        }
+                    todo.push(j as u32);
+                    if olds.len() < KEEP_OLD && !reread {
+                        olds.push((j as u32, m));
+                    } else {
+                        reread = true;
+                        olds = Vec::new();
                     }
+                    let (span, j) = (old.span(), j as u32);
+                    seg(&mut segs, Seg::Pair { span, j });
+                } else {
+                    let (span, j) = (old.span(), j as u32);
+                    seg(&mut segs, Seg::Same { span, j, n: 1 });
                 }
                 j += 1;
                 if j < n {
-                    self.tree.path_into(j, &mut tp);
+                    self.tree.path_next(j, &mut tp);
                 }
-            } else if in_scope(&self.opts.scope, p) {
-                self.gone.push((p.to_string(), old.entry()?));
+            } else {
+                let keep = !in_scope(&self.opts.scope, p);
+                if !keep {
+                    self.gone.push((p.to_string(), old.entry()?));
+                }
+                seg(
+                    &mut segs,
+                    Seg::Old {
+                        span: old.span(),
+                        keep,
+                    },
+                );
             }
             more = old.next()?;
         }
-        drop(old);
+        self.segs = segs;
+        self.source = old.into_source();
         // Phase 1: what the image dropped, children first.
         let gone = std::mem::take(&mut self.gone);
         for (p, m) in gone.iter().rev() {
@@ -474,30 +534,121 @@ impl<'a> Engine<'a> {
     }
 }
 
+/// Whether the image did not change the path that tree entry `e` and the old manifest's current
+/// line share: the common case, settled without parsing the line when it holds `e`'s image
+/// fields byte for byte (`fields` is a buffer to render them in); else the line is parsed and
+/// compared, which gives the same answer.
+fn unchanged(old: &Reader, e: &Entry, fields: &mut Vec<u8>) -> Result<bool> {
+    // A file of the `directory` source, which hashes lazily, carries no hash: like rsync's
+    // quick check (and `decide`'s), the same size and mtime are the same file, and the
+    // manifest's line, hash and all, stays. (Sent on to `decide`, it would do the same, and
+    // hold its old entry till then.)
+    if e.kind == crate::image::Kind::File && e.hash.is_none() {
+        let m = old.entry()?;
+        return Ok(m.e.hash.is_some()
+            && (e.kind, e.mode, e.size, e.mtime, e.mtime_nsec)
+                == (m.e.kind, m.e.mode, m.e.size, m.e.mtime, m.e.mtime_nsec)
+            && e.target == m.e.target);
+    }
+    if manifest::fields_round_trip(e) {
+        fields.clear();
+        manifest::image_fields(e, fields);
+        if old.same_image_fields(fields) {
+            return Ok(true);
+        }
+    }
+    Ok(old.entry()?.e == *e)
+}
+
 impl Engine<'_> {
-    /// The new manifest: the old one (streamed again) with the slots applied; the paths the
-    /// image dropped in scope leave it.
+    /// The new manifest: the old one with the slots applied; the paths the image dropped in
+    /// scope leave it. Made of the segments the pass found (the lines of unchanged paths copied
+    /// in bulk), or, when there were too many or an entry the pass saw unchanged was written
+    /// after all, merged by path ([`Engine::merge_manifest`]).
     fn write_manifest(&self) -> Result<()> {
+        let Some(segs) = &self.segs else {
+            return self.merge_manifest();
+        };
+        let old = |i: u32, n: u32| {
+            self.slots[i as usize..(i + n) as usize]
+                .iter()
+                .all(|s| *s == Slot::OLD)
+        };
+        if !segs.iter().all(|s| match *s {
+            Seg::Same { j, n, .. } => old(j, n),
+            _ => true,
+        }) {
+            return self.merge_manifest();
+        }
+        let src = || {
+            self.source
+                .as_ref()
+                .context("the old manifest was not kept open (a bug): run `sync` again")
+        };
+        let mut w = Writer::create(self.cfg)?;
+        let mut tp = String::new();
+        let mut last = None; // the tree entry whose path is in `tp`
+        let mut path = |i: usize, tp: &mut String| {
+            if last.is_some_and(|l: usize| l + 1 == i) {
+                self.tree.path_next(i, tp);
+            } else {
+                self.tree.path_into(i, tp);
+            }
+            last = Some(i);
+        };
+        for s in segs {
+            let (i, n) = match *s {
+                Seg::Same { span, .. } | Seg::Old { span, keep: true } => {
+                    w.copy(src()?, span)?;
+                    continue;
+                }
+                Seg::Old { keep: false, .. } => continue,
+                Seg::Pair { span, j } => {
+                    if self.slots[j as usize].live().is_none() {
+                        w.copy(src()?, span)?;
+                        continue;
+                    }
+                    (j as usize, 1)
+                }
+                Seg::New { j, n } => (j as usize, n as usize),
+            };
+            for i in i..i + n {
+                if let Some(live) = self.slots[i].live() {
+                    path(i, &mut tp);
+                    let e = self.tree.entry(i);
+                    w.entry(&tp, &MEntry { e, live })?;
+                }
+            }
+        }
+        w.commit()
+    }
+
+    /// The new manifest merged by path: the old one (streamed again) with the slots applied;
+    /// the paths the image dropped in scope leave it.
+    fn merge_manifest(&self) -> Result<()> {
         let mut old = Reader::open(self.cfg)?;
         let mut w = Writer::create(self.cfg)?;
         let mut more = old.next()?;
+        let n = self.tree.len();
         let mut i = 0;
-        let mut tp = String::new();
-        while more || i < self.tree.len() {
-            let t = (i < self.tree.len()).then(|| self.tree.path_into(i, &mut tp));
+        let mut tp = String::new(); // the path of tree entry i
+        if n > 0 {
+            self.tree.path_into(0, &mut tp);
+        }
+        while more || i < n {
             let o = more.then(|| old.path());
-            match (o, t) {
-                (Some(o), t) if t.is_none_or(|t| o < t) => {
+            match o {
+                Some(o) if i == n || o < tp.as_str() => {
                     if !in_scope(&self.opts.scope, o) {
                         w.raw(old.raw())?;
                     }
                     more = old.next()?;
                 }
-                (o, Some(t)) => {
-                    let same = o == Some(t);
+                _ => {
+                    let same = o == Some(tp.as_str());
                     match self.slots[i].live() {
                         Some(live) => w.entry(
-                            t,
+                            &tp,
                             &MEntry {
                                 e: self.tree.entry(i),
                                 live,
@@ -510,8 +661,10 @@ impl Engine<'_> {
                         more = old.next()?;
                     }
                     i += 1;
+                    if i < n {
+                        self.tree.path_next(i, &mut tp);
+                    }
                 }
-                (_, None) => unreachable!("handled above"),
             }
         }
         w.commit()
