@@ -16,7 +16,7 @@ use anyhow::{bail, Result};
 use std::collections::HashMap;
 
 /// The whiteouts and opaque directories of all layers: path -> the layers that hold one.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(super) struct Marks {
     whiteouts: HashMap<String, Vec<usize>>,
     opaque: HashMap<String, Vec<usize>>,
@@ -50,6 +50,16 @@ impl Marks {
             }
         }
         m
+    }
+
+    /// The marks as the tree below `prefix` sees them ([`Marks::below`]; these when the tree is
+    /// the image's root).
+    fn relative_to(&self, prefix: &str) -> std::borrow::Cow<'_, Marks> {
+        if prefix.is_empty() {
+            std::borrow::Cow::Borrowed(self)
+        } else {
+            std::borrow::Cow::Owned(self.below(prefix))
+        }
     }
 
     /// Whether a whiteout (of `p` or an ancestor) or an opaque marker (of an ancestor) of a
@@ -135,13 +145,8 @@ pub(super) fn onto(
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
     let t0 = std::time::Instant::now();
-    let rel_marks;
-    let rm = if prefix.is_empty() {
-        marks
-    } else {
-        rel_marks = marks.below(prefix);
-        &rel_marks
-    };
+    let rm = marks.relative_to(prefix);
+    let rm = &*rm;
     let whole = rm.opaque.contains_key("")
         || new
             .iter()
@@ -263,13 +268,8 @@ fn merge_nodes(
     for n in &mut chain {
         n.pos &= !CHAIN;
     }
-    let rel_marks;
-    let rm = if prefix.is_empty() {
-        marks
-    } else {
-        rel_marks = marks.below(prefix);
-        &rel_marks
-    };
+    let rm = marks.relative_to(prefix);
+    let rm = &*rm;
     // Where a resolved hard link's content is (by the link's sequence).
     let content = resolve_links(&mut parts, &mut nodes, &chain, rm, prefix, notes)?;
     let parts = parts;
