@@ -9,7 +9,9 @@
 //! Beside the layers, the merged tree of each image chain read (`tree-<key>`, the format in
 //! `tree::file`): the next image that is the same layers plus new ones loads it and merges only
 //! the new layers onto it (`merge::onto`), so a small layer on a million-entry image costs its
-//! own entries, not a parse and a sort of the million. The newest two are kept.
+//! own entries, not a parse and a sort of the million. The newest two are kept. The tree of an
+//! image one small layer above a kept tree is not stored (`layers::tree`): merging that layer
+//! again is cheaper than writing the whole tree.
 //!
 //! The cache only saves work: a file that is missing, damaged or was written by another version
 //! is a miss (and is removed), never an error; a path in it that is not a clean relative path is

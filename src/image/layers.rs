@@ -232,26 +232,36 @@ pub(super) fn tree(
         }
         ing.marks.add(li, whiteouts, opaque);
     }
+    // One small layer merged onto the tree just below it: merging it again costs less than
+    // writing the whole tree (at 1M entries, 0.02 s against 0.15 s), so that tree is not
+    // stored; the next image on top of it merges two layers onto the same base and stores its
+    // tree, so no chain ever has more than one layer above the tree it starts from.
+    let mut store = true;
     let tree = match base {
         // Large new layers: all merged again, the cached tree's nodes as one layer.
         Some(mut base) if ing.nodes.len() > base.len() / 8 => {
             base.append(&mut ing.nodes);
             super::merge::merge(ing.parts, base, &ing.marks, prefix, reference, notes)?
         }
-        Some(base) => super::merge::onto(
-            ing.parts,
-            base,
-            ing.nodes,
-            &ing.marks,
-            (prefix, reference),
-            notes,
-        )?,
+        Some(base) => {
+            store = layers.len() - done > 1;
+            super::merge::onto(
+                ing.parts,
+                base,
+                ing.nodes,
+                &ing.marks,
+                (prefix, reference),
+                notes,
+            )?
+        }
         None => super::merge::merge(ing.parts, ing.nodes, &ing.marks, prefix, reference, notes)?,
     };
     // A tree whose read reported nothing is kept for the next image on top of this one. (With
     // a report, something was dropped that a layer above could bring back; directories the
     // merge added are not entries a layer above can replace: such trees are merged again.)
-    if let Some(c) = cache.filter(|_| notes.len() == notes_before_all && !tree.implicit_dirs) {
+    if let Some(c) =
+        cache.filter(|_| store && notes.len() == notes_before_all && !tree.implicit_dirs)
+    {
         c.store_tree(&LayerCache::tree_key(prefix, layers), &tree);
     }
     Ok(tree)

@@ -17,8 +17,13 @@ fn layer(files: &[(&str, &str)]) -> Vec<u8> {
     for (p, c) in files {
         let mut h = tar::Header::new_gnu();
         h.set_size(c.len() as u64);
-        h.set_mode(0o644);
         h.set_mtime(1_700_000_000);
+        if p.ends_with('/') {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+        } else {
+            h.set_mode(0o644);
+        }
         b.append_data(&mut h, p, c.as_bytes()).unwrap();
     }
     b.into_inner().unwrap()
@@ -65,10 +70,20 @@ fn layout(dir: &Path, images: &[(&str, Vec<&[u8]>)]) -> Vec<std::path::PathBuf> 
 fn a_new_image_on_the_same_lower_layers_reads_only_its_new_layer() {
     let w = World::new("");
     let dir = w.path().join("layout");
-    let base = layer(&[
+    // With its directories, so that its merged tree is kept (one with directories no layer has
+    // is not), and large enough that a one-file layer is merged onto it, not all merged again.
+    let many: Vec<(String, String)> = (0..24)
+        .map(|i| (format!("srv/mediawiki/w/f{i}.php"), format!("{i}\n")))
+        .collect();
+    let mut files = vec![
+        ("srv/", ""),
+        ("srv/mediawiki/", ""),
+        ("srv/mediawiki/w/", ""),
         ("srv/mediawiki/index.php", "<?php // base\n"),
         ("srv/mediawiki/w/a.php", "a\n"),
-    ]);
+    ];
+    files.extend(many.iter().map(|(p, c)| (p.as_str(), c.as_str())));
+    let base = layer(&files);
     layout(&dir, &[("2026-11-20-101010-publish-1", vec![&base])]);
     w.write_config(&format!(
         "enabled: true\nimage: {{ source: oci-layout, location: {} }}\n",
@@ -111,6 +126,48 @@ fn a_new_image_on_the_same_lower_layers_reads_only_its_new_layer() {
         std::fs::read_to_string(w.code.join("w/a.php")).unwrap(),
         "a\n"
     );
+    w.run(&["diff"]).code(0);
+    // One small layer onto the cached tree below it: its own tree is not stored (merging the
+    // layer again costs less than writing the whole tree), only the layer is.
+    let trees = || {
+        std::fs::read_dir(w.state_dir.join("layers"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("tree-")
+            })
+            .count()
+    };
+    assert_eq!(trees(), 1, "only the base image's tree is stored");
+
+    // v3 = v2 + another small layer, with v2's top blob made unreadable too: both layers come
+    // from the cache onto the base's tree, and this tree (two layers above it) is stored.
+    let top2 = layer(&[("srv/mediawiki/w/hotfix2.php", "hotfix 2\n")]);
+    let paths = layout(
+        &dir,
+        &[
+            ("2026-11-20-101010-publish-1", vec![&base]),
+            ("2026-11-20-111010-publish-2", vec![&base, &top]),
+            ("2026-11-20-121010-publish-3", vec![&base, &top, &top2]),
+        ],
+    );
+    std::fs::write(&paths[0], b"not the base layer any more").unwrap();
+    std::fs::write(&paths[2], b"not the top layer any more").unwrap();
+    w.run(&["-v", "sync"])
+        .code(0)
+        .stderr_has("the merged tree of 1 of the 3 layers");
+    assert_eq!(
+        std::fs::read_to_string(w.code.join("w/hotfix2.php")).unwrap(),
+        "hotfix 2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.code.join("w/hotfix.php")).unwrap(),
+        "hotfix\n"
+    );
+    assert_eq!(trees(), 2, "the base's tree and v3's");
     w.run(&["diff"]).code(0);
 
     // With the cache off, the damaged base is read, and refused by its digest.
