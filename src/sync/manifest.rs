@@ -140,6 +140,8 @@ pub(super) struct Reader {
     end: usize,
     /// The file has no more to read.
     eof: bool,
+    /// Lines that start at or after this offset are not this reader's ([`Reader::split`]).
+    limit: u64,
     path: String,
     /// The previous path's buffer, reused.
     spare: String,
@@ -181,9 +183,59 @@ impl Reader {
             start: 0,
             end: 0,
             eof: false,
+            limit: u64::MAX,
             path: String::new(),
             spare: String::new(),
         })
+    }
+
+    /// Splits the rest of a manifest of at least `min` bytes in two, for two passes side by
+    /// side: returns a reader of the second half, on its first entry (the first after the
+    /// file's middle), and this one stops before that entry. `None` (and this reader as it
+    /// was) for a smaller file or when no entry follows the middle. The second reader checks
+    /// the order of its own lines only, and its line numbers count from the middle: the
+    /// caller checks that the halves join in order, and reads the file again in one pass to
+    /// report damage where it is.
+    pub(super) fn split(&mut self, min: u64) -> Result<Option<Reader>> {
+        let Some(f) = &self.file else {
+            return Ok(None);
+        };
+        let what = || format!("reading the manifest {}", self.name.display());
+        let len = f.metadata().with_context(what)?.len();
+        if len < min.max(2) {
+            return Ok(None);
+        }
+        let mut b = Reader {
+            file: Some(f.try_clone().with_context(what)?),
+            source: None,
+            name: self.name.clone(),
+            line_no: 0,
+            buf: vec![0; CHUNK],
+            base: len / 2,
+            filled: 0,
+            start: 0,
+            end: 0,
+            eof: false,
+            limit: u64::MAX,
+            path: String::new(),
+            spare: String::new(),
+        };
+        // The rest of the line the middle falls in is the first half's.
+        loop {
+            if let Some(k) = memchr::memchr(b'\n', &b.buf[b.end..b.filled]) {
+                b.end += k + 1;
+                break;
+            }
+            b.end = b.filled;
+            if !b.fill()? {
+                return Ok(None);
+            }
+        }
+        if !matches!(b.next(), Ok(true)) {
+            return Ok(None);
+        }
+        self.limit = b.span().0;
+        Ok(Some(b))
     }
 
     fn damaged(&self, what: &str) -> anyhow::Error {
@@ -197,8 +249,9 @@ impl Reader {
     /// Reads more of the file after the current line, which moves to the front of the buffer
     /// (the buffer grows when one line fills it); `false` at the end of the file.
     fn fill(&mut self) -> Result<bool> {
-        use std::io::Read as _;
-        let Some(f) = &mut self.file else {
+        // At an offset, not the file's position: the two halves of a split share one file.
+        use std::os::unix::fs::FileExt as _;
+        let Some(f) = &self.file else {
             return Ok(false);
         };
         self.buf.copy_within(self.end..self.filled, 0);
@@ -210,7 +263,7 @@ impl Reader {
             self.buf.resize(self.buf.len() * 2, 0);
         }
         loop {
-            match f.read(&mut self.buf[self.filled..]) {
+            match f.read_at(&mut self.buf[self.filled..], self.base + self.filled as u64) {
                 Ok(0) => {
                     self.eof = true;
                     return Ok(false);
@@ -235,6 +288,10 @@ impl Reader {
             return Ok(false);
         }
         loop {
+            if self.base + self.end as u64 >= self.limit {
+                self.file = None;
+                return Ok(false);
+            }
             let end = match memchr::memchr(b'\n', &self.buf[self.end..self.filled]) {
                 Some(k) => self.end + k + 1,
                 None if !self.eof => {
@@ -803,5 +860,47 @@ mod tests {
         let mut r = Reader::open(&c).unwrap();
         assert!(r.next().unwrap());
         assert_eq!(r.path(), "old");
+    }
+
+    proptest::proptest! {
+        /// The two halves of a split read every entry once, in order, the first half's all
+        /// before the second's; a manifest under the size asked for is not split.
+        #[test]
+        fn a_split_manifest_reads_every_entry_once_in_order(
+            paths in proptest::collection::btree_set("[a-c]{1,3}(/[a-c\\t]{1,4}){0,2}", 0..60),
+            min in 0u64..4000,
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let c = cfg(tmp.path());
+            let mut w = Writer::create(&c).unwrap();
+            for (i, p) in paths.iter().enumerate() {
+                w.entry(p, &entry(i as u64)).unwrap();
+            }
+            w.commit().unwrap();
+            let len = std::fs::metadata(Manifest::path(&c)).unwrap().len();
+            let mut a = Reader::open(&c).unwrap();
+            let b = a.split(min).unwrap();
+            // (Lines are about the same length: with ten, the middle is not in the last one.)
+            if len >= min && paths.len() >= 10 {
+                proptest::prop_assert!(b.is_some());
+            }
+            let mut got = Vec::new();
+            while a.next().unwrap() {
+                got.push((a.path().to_string(), a.entry().unwrap().e.size));
+            }
+            let first_half = got.len();
+            if let Some(mut b) = b {
+                proptest::prop_assert!(len >= min);
+                loop {
+                    got.push((b.path().to_string(), b.entry().unwrap().e.size));
+                    if !b.next().unwrap() {
+                        break;
+                    }
+                }
+                proptest::prop_assert!(first_half < got.len());
+            }
+            let want: Vec<_> = paths.iter().enumerate().map(|(i, p)| (p.clone(), i as u64)).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 }

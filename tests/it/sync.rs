@@ -627,3 +627,37 @@ fn systemd_units_pass_systemd_analyze_verify() {
     let timer = std::fs::read_to_string(src.join("mw-experimental-sync.timer")).unwrap();
     assert!(timer.contains("OnCalendar=hourly") && timer.contains("RandomizedDelaySec="));
 }
+
+/// The old manifest is read in two halves side by side when it is large (in the tests' debug
+/// builds, nearly always): damage in its second half is still reported at its own line, and
+/// the sync changes nothing.
+#[test]
+fn a_damaged_manifest_is_reported_at_its_line_and_nothing_is_written() {
+    let w = World::new("");
+    let img = w.path().join("img");
+    let root = img.join("srv/mediawiki");
+    for i in 0..40 {
+        let p = root.join(format!("w/f{i:02}.php"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, format!("{i}\n")).unwrap();
+    }
+    w.write_config(&format!(
+        "enabled: true\nimage: {{ source: directory, location: {} }}\n",
+        img.display()
+    ));
+    w.run(&["sync"]).code(0);
+    // Two lines near the end swapped: out of order.
+    let manifest = w.state_dir.join("sync/manifest.tsv");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let k = lines.len() - 5;
+    lines.swap(k, k + 1);
+    std::fs::write(&manifest, lines.join("\n") + "\n").unwrap();
+    std::fs::write(root.join("w/new.php"), "new\n").unwrap();
+    let before = snapshot(&w.code);
+    w.run(&["sync"])
+        .code(2)
+        .stderr_has(&format!("line {} is damaged (out of order)", k + 2));
+    assert_eq!(snapshot(&w.code), before, "nothing written");
+    assert!(!w.code.join("w/new.php").exists());
+}

@@ -746,6 +746,12 @@ impl Tree {
             .ok()
     }
 
+    /// The index of the first entry at or after `p` in path order (`len()` if none is).
+    pub fn lower_bound(&self, p: &str) -> usize {
+        self.nodes
+            .partition_point(|n| self.parts.cmp_str(n, p) == std::cmp::Ordering::Less)
+    }
+
     pub fn get(&self, p: &str) -> Option<Entry> {
         self.find(p).map(|i| self.entry(i))
     }

@@ -312,94 +312,21 @@ impl<'a> Engine<'a> {
         let files = self.tree.len() as u64;
         // One pass over the old manifest beside the tree (both sorted): what the image dropped
         // (in scope), and which paths need a decision: all but those the image did not change.
-        // The old entries of those are kept for phase 2, up to a bound; past it, phase 2 reads
-        // the manifest again. (Debug builds, which the tests run, keep only 2, so that both ways
-        // are taken by the tests' small trees.)
-        const KEEP_OLD: usize = if cfg!(debug_assertions) { 2 } else { 100_000 };
-        // How the old manifest and the tree line up is kept, up to a bound too (see `Seg`).
-        const MAX_SEGS: usize = if cfg!(debug_assertions) { 8 } else { 100_000 };
-        let mut segs = Some(Vec::new());
-        let seg = |segs: &mut Option<Vec<Seg>>, s: Seg| {
-            if let Some(v) = segs {
-                push_seg(v, s);
-                if v.len() > MAX_SEGS {
-                    *segs = None;
-                }
-            }
-        };
-        let mut old = Reader::open(self.cfg)?;
-        let (mut todo, mut olds, mut reread) = (Vec::<u32>::new(), Vec::new(), false);
-        let n = self.tree.len();
-        let mut j = 0;
-        let mut more = old.next()?;
-        let mut tp = String::new(); // the path of tree entry j
-        let mut fields = Vec::new(); // its image fields, as a manifest line has them
-        if n > 0 {
-            self.tree.path_into(0, &mut tp);
-        }
-        loop {
-            while j < n && (!more || tp.as_str() < old.path()) {
-                if let Some(pr) = &self.progress {
-                    pr.scanned(1);
-                }
-                if in_scope(&self.opts.scope, &tp) {
-                    todo.push(j as u32);
-                }
-                seg(&mut segs, Seg::New { j: j as u32, n: 1 });
-                j += 1;
-                if j < n {
-                    self.tree.path_next(j, &mut tp);
-                }
-            }
-            if !more {
-                break;
-            }
-            let p = old.path();
-            if j < n && tp == p {
-                if let Some(pr) = &self.progress {
-                    pr.scanned(1);
-                }
-                if in_scope(&self.opts.scope, p)
-                    && (self.opts.all_changed
-                        || !unchanged(&old, &self.tree.entry(j), &mut fields)?)
-                {
-                    let m = old.entry()?;
-                    todo.push(j as u32);
-                    if olds.len() < KEEP_OLD && !reread {
-                        olds.push((j as u32, m));
-                    } else {
-                        reread = true;
-                        olds = Vec::new();
-                    }
-                    let (span, j) = (old.span(), j as u32);
-                    seg(&mut segs, Seg::Pair { span, j });
-                } else {
-                    let (span, j) = (old.span(), j as u32);
-                    seg(&mut segs, Seg::Same { span, j, n: 1 });
-                }
-                j += 1;
-                if j < n {
-                    self.tree.path_next(j, &mut tp);
-                }
-            } else {
-                let keep = !in_scope(&self.opts.scope, p);
-                if !keep {
-                    self.gone.push((p.to_string(), old.entry()?));
-                }
-                seg(
-                    &mut segs,
-                    Seg::Old {
-                        span: old.span(),
-                        keep,
-                    },
-                );
-            }
-            more = old.next()?;
-        }
+        let (p, source) = self.pass_all()?;
+        let Pass {
+            todo,
+            olds,
+            reread,
+            gone,
+            segs,
+        } = p;
         self.segs = segs;
-        self.source = old.into_source();
+        self.source = source;
+        log::debug!(
+            "the pass beside the old manifest done in {:.3}s",
+            t0.elapsed().as_secs_f64()
+        );
         // Phase 1: what the image dropped, children first.
-        let gone = std::mem::take(&mut self.gone);
         for (p, m) in gone.iter().rev() {
             self.delete(&mut dc, p, m)?;
         }
@@ -417,6 +344,7 @@ impl<'a> Engine<'a> {
         };
         let mut k = 0;
         let mut blocked: Option<String> = None;
+        let mut tp = String::new();
         for &i in &todo {
             let i = i as usize;
             let p = self.tree.path_into(i, &mut tp);
@@ -531,6 +459,185 @@ impl<'a> Engine<'a> {
             kept: self.kept,
             fresh,
         })
+    }
+}
+
+/// What the pass beside the old manifest found: the tree entries that need a decision (and the
+/// old entries of those, up to a bound; past it, `reread`: phase 2 reads the manifest again),
+/// what the image dropped in scope, and how the two line up (see [`Seg`]; none past a bound).
+struct Pass {
+    todo: Vec<u32>,
+    olds: Vec<(u32, MEntry)>,
+    reread: bool,
+    gone: Vec<(String, MEntry)>,
+    segs: Option<Vec<Seg>>,
+}
+
+/// How many old entries the pass keeps for phase 2. (Debug builds, which the tests run, keep
+/// only 2, so that both ways are taken by the tests' small trees.)
+const KEEP_OLD: usize = if cfg!(debug_assertions) { 2 } else { 100_000 };
+/// How many segments (see [`Seg`]) the pass keeps; past it, the new manifest is merged by path.
+const MAX_SEGS: usize = if cfg!(debug_assertions) { 8 } else { 100_000 };
+/// An old manifest this large is passed over in two halves side by side (at a million entries,
+/// about 225 MB, the pass took 0.3-0.45 s in one). Debug builds, which the tests run, split
+/// nearly every manifest, so that both ways are taken by the tests' small trees.
+const SPLIT_BYTES: u64 = if cfg!(debug_assertions) { 64 } else { 16 << 20 };
+
+impl Pass {
+    /// This pass followed by `b`, the pass over the rest of the tree and the manifest: what
+    /// one pass over both would have found (but that each half keeps its own share of old
+    /// entries: past it, phase 2 reads the manifest again, as past the whole bound).
+    fn then(mut self, b: Pass) -> Pass {
+        self.todo.extend(b.todo);
+        if self.reread || b.reread {
+            (self.reread, self.olds) = (true, Vec::new());
+        } else {
+            self.olds.extend(b.olds);
+        }
+        self.gone.extend(b.gone);
+        self.segs = match (self.segs, b.segs) {
+            (Some(mut a), Some(b)) => {
+                for s in b {
+                    push_seg(&mut a, s);
+                }
+                (a.len() <= MAX_SEGS).then_some(a)
+            }
+            _ => None,
+        };
+        self
+    }
+}
+
+/// One pass beside tree entries `js` and `old` (on its first entry, if `more`), which holds
+/// the old manifest's lines of those paths and no other, keeping up to `keep_old` old
+/// entries: see [`Pass`].
+fn pass(
+    tree: &Tree,
+    (js, keep_old): (std::ops::Range<usize>, usize),
+    old: &mut Reader,
+    mut more: bool,
+    opts: &EngineOpts,
+    progress: &crate::progress::Sink,
+) -> Result<Pass> {
+    let mut p = Pass {
+        todo: Vec::new(),
+        olds: Vec::new(),
+        reread: false,
+        gone: Vec::new(),
+        segs: Some(Vec::new()),
+    };
+    let seg = |segs: &mut Option<Vec<Seg>>, s: Seg| {
+        if let Some(v) = segs {
+            push_seg(v, s);
+            if v.len() > MAX_SEGS {
+                *segs = None;
+            }
+        }
+    };
+    let n = js.end;
+    let mut j = js.start;
+    let mut tp = String::new(); // the path of tree entry j
+    let mut fields = Vec::new(); // its image fields, as a manifest line has them
+    if j < n {
+        tree.path_into(j, &mut tp);
+    }
+    loop {
+        while j < n && (!more || tp.as_str() < old.path()) {
+            if let Some(pr) = progress {
+                pr.scanned(1);
+            }
+            if in_scope(&opts.scope, &tp) {
+                p.todo.push(j as u32);
+            }
+            seg(&mut p.segs, Seg::New { j: j as u32, n: 1 });
+            j += 1;
+            if j < n {
+                tree.path_next(j, &mut tp);
+            }
+        }
+        if !more {
+            break;
+        }
+        let path = old.path();
+        if j < n && tp == path {
+            if let Some(pr) = progress {
+                pr.scanned(1);
+            }
+            if in_scope(&opts.scope, path)
+                && (opts.all_changed || !unchanged(old, &tree.entry(j), &mut fields)?)
+            {
+                let m = old.entry()?;
+                p.todo.push(j as u32);
+                if p.olds.len() < keep_old && !p.reread {
+                    p.olds.push((j as u32, m));
+                } else {
+                    (p.reread, p.olds) = (true, Vec::new());
+                }
+                let (span, j) = (old.span(), j as u32);
+                seg(&mut p.segs, Seg::Pair { span, j });
+            } else {
+                let (span, j) = (old.span(), j as u32);
+                seg(&mut p.segs, Seg::Same { span, j, n: 1 });
+            }
+            j += 1;
+            if j < n {
+                tree.path_next(j, &mut tp);
+            }
+        } else {
+            let keep = !in_scope(&opts.scope, path);
+            if !keep {
+                p.gone.push((path.to_string(), old.entry()?));
+            }
+            seg(
+                &mut p.segs,
+                Seg::Old {
+                    span: old.span(),
+                    keep,
+                },
+            );
+        }
+        more = old.next()?;
+    }
+    Ok(p)
+}
+
+impl Engine<'_> {
+    /// The pass beside the whole tree and old manifest, in two halves side by side when the
+    /// manifest is large, and the manifest's open file. A half that finds damage, or halves
+    /// that do not join in order, are passed over again in one, which reports it where it is.
+    fn pass_all(&self) -> Result<(Pass, Option<std::fs::File>)> {
+        let n = self.tree.len();
+        let mut old = Reader::open(self.cfg)?;
+        if let Some(mut second) = old.split(SPLIT_BYTES)? {
+            let first_path = second.path().to_string();
+            let j0 = self.tree.lower_bound(&first_path);
+            let (tree, opts, progress) = (&self.tree, &self.opts, &self.progress);
+            // (Each half keeps half as many old entries, so the two hold no more.)
+            let half = KEEP_OLD.div_ceil(2);
+            let (a, b) = std::thread::scope(|s| {
+                let h = s.spawn(|| pass(tree, (j0..n, half), &mut second, true, opts, progress));
+                let a = old
+                    .next()
+                    .and_then(|more| pass(tree, (0..j0, half), &mut old, more, opts, progress));
+                (a, h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            });
+            match (a, b) {
+                (Ok(a), Ok(b)) if old.path() < first_path.as_str() => {
+                    return Ok((a.then(b), old.into_source()));
+                }
+                _ => old = Reader::open(self.cfg)?,
+            }
+        }
+        let more = old.next()?;
+        let p = pass(
+            &self.tree,
+            (0..n, KEEP_OLD),
+            &mut old,
+            more,
+            &self.opts,
+            &self.progress,
+        )?;
+        Ok((p, old.into_source()))
     }
 }
 
