@@ -235,7 +235,7 @@ pub(super) fn tree(
     // One small layer merged onto the tree just below it: merging it again costs less than
     // writing the whole tree (at 1M entries, 0.02 s against 0.15 s), so that tree is not
     // stored; the next image on top of it merges two layers onto the same base and stores its
-    // tree, so no chain ever has more than one layer above the tree it starts from.
+    // tree, so no read starts more than two layers above a kept tree.
     let mut store = true;
     let tree = match base {
         // Large new layers: all merged again, the cached tree's nodes as one layer.

@@ -168,9 +168,19 @@ impl Reader {
             ),
             None => None,
         };
-        Ok(Reader {
+        Ok(Reader::at(file, source, name, 0))
+    }
+
+    /// A reader of `file` (named `name`) from the offset `base`.
+    fn at(
+        file: Option<std::fs::File>,
+        source: Option<std::fs::File>,
+        name: PathBuf,
+        base: u64,
+    ) -> Reader {
+        Reader {
             source,
-            base: 0,
+            base,
             buf: if file.is_some() {
                 vec![0; CHUNK]
             } else {
@@ -186,7 +196,7 @@ impl Reader {
             limit: u64::MAX,
             path: String::new(),
             spare: String::new(),
-        })
+        }
     }
 
     /// Splits the rest of a manifest of at least `min` bytes in two, for two passes side by
@@ -205,21 +215,8 @@ impl Reader {
         if len < min.max(2) {
             return Ok(None);
         }
-        let mut b = Reader {
-            file: Some(f.try_clone().with_context(what)?),
-            source: None,
-            name: self.name.clone(),
-            line_no: 0,
-            buf: vec![0; CHUNK],
-            base: len / 2,
-            filled: 0,
-            start: 0,
-            end: 0,
-            eof: false,
-            limit: u64::MAX,
-            path: String::new(),
-            spare: String::new(),
-        };
+        let f = f.try_clone().with_context(what)?;
+        let mut b = Reader::at(Some(f), None, self.name.clone(), len / 2);
         // The rest of the line the middle falls in is the first half's.
         loop {
             if let Some(k) = memchr::memchr(b'\n', &b.buf[b.end..b.filled]) {
