@@ -199,8 +199,9 @@ impl Reader {
         }
     }
 
-    /// Splits the rest of a manifest of at least `min` bytes in two, for two passes side by
-    /// side: returns a reader of the second half, on its first entry (the first after the
+    /// Splits a manifest of at least `min` bytes in two, for two passes side by side (on a
+    /// reader just opened: the split is at the file's middle, wherever this one is): returns
+    /// a reader of the second half, on its first entry (the first after the
     /// file's middle), and this one stops before that entry. `None` (and this reader as it
     /// was) for a smaller file or when no entry follows the middle. The second reader checks
     /// the order of its own lines only, and its line numbers count from the middle: the
