@@ -319,6 +319,7 @@ pub(super) fn tree(
             whiteouts: Vec::new(),
             opaque: Vec::new(),
             notes: Vec::new(),
+            buf: Vec::new(),
         };
         let mut ctx = layer();
         // The way down to `prefix`, one component at a time.
@@ -337,7 +338,7 @@ pub(super) fn tree(
                 reached = false;
                 break;
             };
-            let descend = ctx.stat_entry(fd.as_fd(), comp, &rel, &st)?;
+            let descend = ctx.stat_entry(fd.as_fd(), comp, &rel, &st, None)?;
             if !descend {
                 reached = false;
                 break;
@@ -398,6 +399,8 @@ struct Layer<'a, 'p> {
     whiteouts: Vec<String>,
     opaque: Vec<String>,
     notes: Vec<String>,
+    /// This thread's read buffer: a file up to its size is read in one `read`.
+    buf: Vec<u8>,
 }
 
 impl Layer<'_, '_> {
@@ -424,8 +427,13 @@ impl Layer<'_, '_> {
         Ok(())
     }
 
-    /// Whether the directory is marked opaque (overlayfs: `trusted.overlay.opaque=y`).
+    /// Whether the directory is marked opaque (overlayfs: `trusted.overlay.opaque=y`). Never
+    /// asked of the bottom layer: there is nothing below it to hide (one `fgetxattr` a
+    /// directory saved on a one-layer image, a rebuilt one).
     fn opaque(&self, dir: BorrowedFd<'_>) -> Result<bool> {
+        if self.li == 0 {
+            return Ok(false);
+        }
         let mut buf = [0u8; 4];
         match rustix::fs::fgetxattr(dir, "trusted.overlay.opaque", &mut buf) {
             Ok(n) => Ok(&buf[..n] == b"y"),
@@ -436,12 +444,14 @@ impl Layer<'_, '_> {
 
     /// Adds the entry `name` of `dir` (its path from the image root `rel`, its lstat); whether
     /// it is a directory to go into.
+    /// `file`: the entry already opened (a regular file, `st` its `fstat`).
     fn stat_entry(
         &mut self,
         dir: BorrowedFd<'_>,
         name: &str,
         rel: &str,
         st: &rustix::fs::Stat,
+        file: Option<std::fs::File>,
     ) -> Result<bool> {
         let ft = at::file_type(st);
         let mtime = st.st_mtime;
@@ -471,12 +481,13 @@ impl Layer<'_, '_> {
             }
             FileType::RegularFile => {
                 let (size, hash) = if layers::place(self.prefix, rel).is_some_and(|(_, c)| !c) {
-                    let f = open_file(dir, name).with_context(|| format!("opening {rel:?}"))?;
-                    let mut hs = blake3::Hasher::new();
-                    let n =
-                        std::io::copy(&mut std::io::BufReader::with_capacity(1 << 16, f), &mut hs)
-                            .with_context(|| format!("reading {rel:?}"))?;
-                    (n, Some(*hs.finalize().as_bytes()))
+                    let f = match file {
+                        Some(f) => f,
+                        None => open_file(dir, name).with_context(|| format!("opening {rel:?}"))?,
+                    };
+                    let (n, h) = hash_file(&f, st.st_size as u64, &mut self.buf)
+                        .with_context(|| format!("reading {rel:?}"))?;
+                    (n, Some(h))
                 } else {
                     (st.st_size as u64, None)
                 };
@@ -523,16 +534,31 @@ impl crate::fs::walk::Visitor for Layer<'_, '_> {
             return Ok(false);
         };
         let name = e.name_str().unwrap_or_default();
+        // A regular file of the code tree, as the listing says: opened at once, its `fstat` in
+        // place of an `lstat` (one call a file fewer). Anything else, or a file that is no
+        // longer one when opened, is looked at with `lstat` as it is now.
+        if e.file_type == FileType::RegularFile
+            && layers::place(self.prefix, &rel).is_some_and(|(_, c)| !c)
+        {
+            if let Ok((f, st)) = open_regular(e.dir, name) {
+                return self.stat_entry(e.dir, name, &rel, &st, Some(f));
+            }
+        }
         let Some(st) = e.lstat().with_context(|| format!("lstat {rel:?}"))? else {
             bail!("{rel:?} vanished from the snapshot while it was read");
         };
-        self.stat_entry(e.dir, name, &rel, &st)
+        self.stat_entry(e.dir, name, &rel, &st, None)
     }
 }
 
 /// Opens a regular file of a layer directory, never through a symlink, never blocking on a
 /// FIFO; refuses anything but a regular file.
 fn open_file(dir: BorrowedFd<'_>, name: &str) -> Result<std::fs::File> {
+    Ok(open_regular(dir, name)?.0)
+}
+
+/// [`open_file`], with the file's `fstat`.
+fn open_regular(dir: BorrowedFd<'_>, name: &str) -> Result<(std::fs::File, rustix::fs::Stat)> {
     let fd: OwnedFd = rustix::fs::openat(
         dir,
         name,
@@ -543,7 +569,33 @@ fn open_file(dir: BorrowedFd<'_>, name: &str) -> Result<std::fs::File> {
     if at::file_type(&st) != FileType::RegularFile {
         bail!("not a regular file any more");
     }
-    Ok(std::fs::File::from(fd))
+    Ok((std::fs::File::from(fd), st))
+}
+
+/// The BLAKE3 hash of a file's first `size` bytes (its size when opened) and how many there
+/// were, read through `buf` (grown to the file's size, up to 1 MiB): a file that fits is read
+/// in one `read`, with no second one to find its end. Bytes past `size` are not read; a file
+/// that grew is caught when it is fetched, which reads to the end and checks this hash.
+fn hash_file(f: &std::fs::File, size: u64, buf: &mut Vec<u8>) -> std::io::Result<(u64, [u8; 32])> {
+    let want = usize::try_from(size).unwrap_or(usize::MAX).min(1 << 20);
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
+    let mut hs = blake3::Hasher::new();
+    let mut left = size;
+    let mut f = f;
+    while left > 0 {
+        let chunk = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let n = match f.read(&mut buf[..chunk]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hs.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok((size - left, *hs.finalize().as_bytes()))
 }
 
 /// Streams the content of each file in `wanted` (indices into `tree`, which [`tree`] built) to
@@ -635,6 +687,36 @@ impl Read for Checked<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_hashed_whole_at_every_size_around_the_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        // Below, at and above the 1 MiB buffer, and empty; one buffer for all, as a thread's.
+        for size in [
+            0usize,
+            1,
+            4095,
+            1 << 20,
+            (1 << 20) + 1,
+            3 * (1 << 20) + 7,
+            5,
+        ] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+            let p = dir.path().join(format!("f{size}"));
+            std::fs::write(&p, &data).unwrap();
+            let f = std::fs::File::open(&p).unwrap();
+            let (n, h) = hash_file(&f, size as u64, &mut buf).unwrap();
+            assert_eq!(n, size as u64, "size {size}");
+            assert_eq!(h, *blake3::hash(&data).as_bytes(), "size {size}");
+        }
+        // A file shorter than the size it was opened at: what is there, and its length.
+        let p = dir.path().join("short");
+        std::fs::write(&p, b"abc").unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        let (n, h) = hash_file(&f, 10, &mut buf).unwrap();
+        assert_eq!((n, h), (3, *blake3::hash(b"abc").as_bytes()));
+    }
 
     #[test]
     fn chain_ids_are_containerds() {
