@@ -408,20 +408,26 @@ pub(super) fn normalize(raw: &[u8]) -> Option<String> {
     Some(parts.join("/"))
 }
 
-fn decompress(media_type: &str, r: Box<dyn Read>) -> Result<Box<dyn Read>> {
-    if media_type.ends_with("gzip") || media_type.ends_with("+gzip") {
-        Ok(Box::new(flate2::read::MultiGzDecoder::new(
+/// The layer's tar stream: `r` (the blob, checked against its digest as it is read)
+/// decompressed, both in a second thread a few chunks ahead of the tar reader
+/// ([`super::ahead`]), so that the blob's hash and its decompression share the work with what
+/// the caller does to each entry (hash it, or write it) instead of taking turns.
+fn decompress(media_type: &str, r: Box<dyn Read + Send>) -> Result<Box<dyn Read>> {
+    let tar: Box<dyn Read + Send> = if media_type.ends_with("gzip") || media_type.ends_with("+gzip")
+    {
+        Box::new(flate2::read::MultiGzDecoder::new(
             std::io::BufReader::with_capacity(1 << 16, r),
-        )))
-    } else if media_type.ends_with("zstd") {
-        Ok(Box::new(
-            zstd::stream::read::Decoder::new(r).context("starting zstd")?,
         ))
+    } else if media_type.ends_with("zstd") {
+        Box::new(zstd::stream::read::Decoder::new(r).context("starting zstd")?)
     } else if media_type.ends_with(".tar") || media_type.ends_with("tar") {
-        Ok(r)
+        r
     } else {
         bail!("unsupported layer media type {media_type:?}")
-    }
+    };
+    Ok(Box::new(super::ahead::ahead(tar).context(
+        "starting the thread that reads a layer blob ahead",
+    )?))
 }
 
 pub(super) fn encode_pos(layer: usize, index: u64) -> u64 {

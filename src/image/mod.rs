@@ -21,7 +21,7 @@
 //! This folder: `mod.rs` holds the shape every source gives ([`Image`], [`Entry`], [`Tree`]),
 //! the choice of the newest candidate (publish tags first) and the dispatch over sources;
 //! `oci` the OCI format (blob store, index, manifest, config), `containerd` the gRPC
-//! client (images, content, leases, CRI pulls, events), `layers` the tar reading and its hostile-entry filter, `snapshots` the unpacked snapshots' reading, `merge` the layers' merge
+//! client (images, content, leases, CRI pulls, events), `layers` the tar reading and its hostile-entry filter (each blob read a few chunks ahead in a second thread, `ahead`), `snapshots` the unpacked snapshots' reading, `merge` the layers' merge
 //! into the tree, `layer_cache` what each layer chain gave (and the merged trees, `tree::file`), `tree` the compact tree,
 //! `directory` the plain-tree source. Nothing here writes to the code tree, mounts or unpacks anything, or runs a shell.
 
@@ -31,6 +31,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+mod ahead;
 mod containerd;
 mod directory;
 mod layer_cache;

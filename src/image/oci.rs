@@ -40,7 +40,7 @@ impl Store {
     }
 
     /// A blob's bytes, streamed; reading past its end fails if they do not match `digest`.
-    pub(super) fn open(&self, digest: &str) -> Result<Box<dyn Read>> {
+    pub(super) fn open(&self, digest: &str) -> Result<Box<dyn Read + Send>> {
         Ok(self.open_verified(digest)?.0)
     }
 
@@ -48,13 +48,16 @@ impl Store {
     pub(super) fn open_verified(
         &self,
         digest: &str,
-    ) -> Result<(Box<dyn Read>, std::sync::Arc<std::sync::atomic::AtomicBool>)> {
+    ) -> Result<(
+        Box<dyn Read + Send>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    )> {
         let raw = self.open_raw(digest)?;
         let (v, ok) = Verified::new(raw, digest)?;
         Ok((Box::new(v), ok))
     }
 
-    fn open_raw(&self, digest: &str) -> Result<Box<dyn Read>> {
+    fn open_raw(&self, digest: &str) -> Result<Box<dyn Read + Send>> {
         let (alg, hex) = check_digest(digest)?;
         match self {
             Store::OciLayout(dir) => {

@@ -18,7 +18,7 @@ enum Hasher {
 
 /// A blob's bytes, hashed as they are read; at the end they must match `digest`.
 pub(super) struct Verified {
-    inner: Box<dyn Read>,
+    inner: Box<dyn Read + Send>,
     hasher: Option<Hasher>,
     want: String,
     digest: String,
@@ -28,7 +28,10 @@ pub(super) struct Verified {
 impl Verified {
     /// Wraps `inner`, the bytes of the blob named `digest` (`algorithm:hex`, already checked
     /// for its shape). `ok` is set once the whole blob was read and matched.
-    pub(super) fn new(inner: Box<dyn Read>, digest: &str) -> Result<(Verified, Arc<AtomicBool>)> {
+    pub(super) fn new(
+        inner: Box<dyn Read + Send>,
+        digest: &str,
+    ) -> Result<(Verified, Arc<AtomicBool>)> {
         let Some((alg, hex)) = digest.split_once(':') else {
             bail!("{digest:?} is not a digest (algorithm:hex)");
         };
@@ -131,7 +134,7 @@ impl<R: Read> Read for Limited<R> {
 }
 
 /// Reads a whole JSON blob (at most `max` bytes) and checks its digest before anyone parses it.
-pub(super) fn read_small(r: Box<dyn Read>, digest: &str, max: u64) -> Result<Vec<u8>> {
+pub(super) fn read_small(r: Box<dyn Read + Send>, digest: &str, max: u64) -> Result<Vec<u8>> {
     let (mut v, ok) = Verified::new(r, digest)?;
     let mut buf = Vec::new();
     (&mut v).take(max + 1).read_to_end(&mut buf)?;
