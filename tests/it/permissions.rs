@@ -218,6 +218,51 @@ fn planted_links_are_left_alone_and_reported_and_second_apply_writes_nothing() {
     assert_eq!(p["changes"][0]["target"], "a/b/ok.php", "{p:#}");
 }
 
+/// What `sync` writes has the policy when it appears: new names and replaced files alike,
+/// so a `plan permissions` right after finds nothing to do.
+#[test]
+fn files_a_sync_writes_have_the_policy_already() {
+    let g = GroupGuard::reserve();
+    let w = World::new("");
+    let root = w.dir.path().join("image");
+    let img = root.join("srv/mediawiki");
+    write(&img.join("index.php"), 0o644);
+    write(&img.join("php-1.44/maintenance/run.sh"), 0o755);
+    write(&img.join("php-1.44/includes/deep/private.php"), 0o600);
+    w.write_config(&format!(
+        "{}image: {{ source: directory, location: {} }}\n",
+        config(&w, "root", &g, &[]),
+        root.display()
+    ));
+    w.run(&["apply", "group", "permissions"]).code(0);
+    w.run(&["sync"]).code(0);
+    // A file replaced (a temp name renamed over it) and one new name.
+    fs::write(img.join("index.php"), "<?php // v2\n").unwrap();
+    write(&img.join("php-1.44/includes/New.php"), 0o644);
+    w.run(&["sync"]).code(0);
+    assert_eq!(
+        fs::read_to_string(w.code.join("index.php")).unwrap(),
+        "<?php // v2\n"
+    );
+
+    let named = format!("group:{}:", g.name);
+    let mut files = 0;
+    for (path, lines) in getfacl_tree(&w.code) {
+        if fs::symlink_metadata(&path).unwrap().is_dir() {
+            continue;
+        }
+        files += 1;
+        let want = if path.ends_with("run.sh") {
+            "rwx"
+        } else {
+            "rw-"
+        };
+        assert_eq!(effective(&lines, &named), want, "{path:?}: {lines:#?}");
+    }
+    assert_eq!(files, 4, "the image's four files");
+    w.run(&["plan", "permissions"]).code(0);
+}
+
 #[test]
 fn switch_off_leaves_the_tree_untouched() {
     let g = GroupGuard::reserve();

@@ -167,7 +167,7 @@ impl Engine<'_> {
                     }
                     self.step();
                 }
-                self.finish_written(d, name, (i, p), e, "mkdir", "")?;
+                self.finish_written(d, name, (i, p), e, ("mkdir", ""), true)?;
             }
             Kind::Symlink => {
                 let tmp = self.temp_name(name);
@@ -181,7 +181,7 @@ impl Engine<'_> {
                 rustix::fs::renameat(d, tmp.as_str(), d, name)
                     .with_context(|| format!("renaming the symlink into place at {p}"))?;
                 self.step();
-                self.finish_written(d, name, (i, p), e, "symlink", &target)?;
+                self.finish_written(d, name, (i, p), e, ("symlink", &target), true)?;
             }
             Kind::File => {
                 let seen = at::lstat_at(d, name)?.map(|s| {

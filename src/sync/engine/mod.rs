@@ -263,11 +263,17 @@ impl<'a> Engine<'a> {
     fn apply_policy(&mut self, dir: BorrowedFd<'_>, name: &str) {
         if let Some(p) = &self.policy {
             if let Err(e) = crate::policy::fix_at(p, dir, std::ffi::OsStr::new(name)) {
-                self.policy_errors += 1;
-                if self.policy_errors <= 3 {
-                    log::warn!("applying the permissions policy to {name:?}: {e:#}");
-                }
+                self.policy_failed(name, &e);
             }
+        }
+    }
+
+    /// Counts a failure of the permissions policy (not fatal: `apply` converges it later) and
+    /// says the first few.
+    fn policy_failed(&mut self, what: &str, e: &anyhow::Error) {
+        self.policy_errors += 1;
+        if self.policy_errors <= 3 {
+            log::warn!("applying the permissions policy to {what:?}: {e:#}");
         }
     }
 

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 use std::io::{Read, Write};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 impl Engine<'_> {
     pub(super) fn temp_name(&self, name: &str) -> String {
@@ -194,6 +194,15 @@ impl Engine<'_> {
             )?;
             Ok(())
         })();
+        // The permissions policy on the open inode, before it has its name: the same result
+        // as on the name afterwards, without looking it up and opening it again.
+        if copied.is_ok() {
+            if let Some(pol) = &self.policy {
+                if let Err(err) = crate::policy::fix_fd(pol, f.as_fd()) {
+                    self.policy_failed(p, &err);
+                }
+            }
+        }
         if let Err(err) = copied {
             if let Some(tmp) = &tmp {
                 let _ = rustix::fs::unlinkat(d, tmp.as_str(), AtFlags::empty());
@@ -229,26 +238,29 @@ impl Engine<'_> {
         drop(f);
         self.step();
         let fill = tree.hash(i).is_none().then_some(e.hash).flatten();
-        self.finish_written(d, name, (i, p), e, "write", "")?;
+        self.finish_written(d, name, (i, p), e, ("write", ""), false)?;
         if let (Some(h), Some(hs)) = (fill, &mut self.hashes) {
             hs.push((i as u32, h));
         }
         Ok(())
     }
 
-    /// After an entry is in place under its final name: the permissions policy, then the
-    /// manifest records it with its live inode, mtime and ctime (the cheap "untouched since"
-    /// check of the next run), and the report counts it.
+    /// After an entry is in place under its final name: the permissions policy (unless it was
+    /// applied before, `policy`: false), then the manifest records it with its live inode,
+    /// mtime and ctime (the cheap "untouched since" check of the next run), and the report
+    /// counts it.
     pub(super) fn finish_written(
         &mut self,
         d: BorrowedFd<'_>,
         name: &str,
         (i, p): (usize, &str),
         e: Entry,
-        action: &str,
-        detail: &str,
+        (action, detail): (&str, &str),
+        policy: bool,
     ) -> Result<()> {
-        self.apply_policy(d, name);
+        if policy {
+            self.apply_policy(d, name);
+        }
         let live = at::lstat_at(d, name)?
             .map(|s| quick(&s))
             .unwrap_or_default();
