@@ -483,7 +483,11 @@ impl Layer<'_, '_> {
                 let (size, hash) = if layers::place(self.prefix, rel).is_some_and(|(_, c)| !c) {
                     let f = match file {
                         Some(f) => f,
-                        None => open_file(dir, name).with_context(|| format!("opening {rel:?}"))?,
+                        None => {
+                            open_file(dir, name)
+                                .with_context(|| format!("opening {rel:?}"))?
+                                .0
+                        }
                     };
                     let (n, h) = hash_file(&f, st.st_size as u64, &mut self.buf)
                         .with_context(|| format!("reading {rel:?}"))?;
@@ -540,7 +544,7 @@ impl crate::fs::walk::Visitor for Layer<'_, '_> {
         if e.file_type == FileType::RegularFile
             && layers::place(self.prefix, &rel).is_some_and(|(_, c)| !c)
         {
-            if let Ok((f, st)) = open_regular(e.dir, name) {
+            if let Ok((f, st)) = open_file(e.dir, name) {
                 return self.stat_entry(e.dir, name, &rel, &st, Some(f));
             }
         }
@@ -552,13 +556,9 @@ impl crate::fs::walk::Visitor for Layer<'_, '_> {
 }
 
 /// Opens a regular file of a layer directory, never through a symlink, never blocking on a
-/// FIFO; refuses anything but a regular file.
-fn open_file(dir: BorrowedFd<'_>, name: &str) -> Result<std::fs::File> {
-    Ok(open_regular(dir, name)?.0)
-}
-
-/// [`open_file`], with the file's `fstat`.
-fn open_regular(dir: BorrowedFd<'_>, name: &str) -> Result<(std::fs::File, rustix::fs::Stat)> {
+/// FIFO; refuses anything but a regular file. With its `fstat`. (Not `fs::at::open_regular`:
+/// a snapshot's hard links are containerd's, read only, so they are not refused here.)
+fn open_file(dir: BorrowedFd<'_>, name: &str) -> Result<(std::fs::File, rustix::fs::Stat)> {
     let fd: OwnedFd = rustix::fs::openat(
         dir,
         name,
@@ -643,7 +643,7 @@ pub(super) fn fetch(
         let at::Opened::Dir(d) = dc.open(parent)? else {
             bail!(gone());
         };
-        let file = open_file(d, name).with_context(gone)?;
+        let (file, _) = open_file(d, name).with_context(gone)?;
         let want = tree.entry(i).hash;
         let mut r = Checked {
             inner: file,
