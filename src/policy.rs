@@ -332,10 +332,9 @@ pub fn fix_at(policy: &Policy, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> 
 /// [`fix_at`] for a regular file the caller has just written and holds open, before it has a
 /// name in the tree (an unnamed `O_TMPFILE` inode or a journaled temp name of the sync): no
 /// lookup, no second open, and the file has its permissions from its first moment in place.
-pub fn fix_fd(policy: &Policy, fd: BorrowedFd<'_>) -> Result<()> {
+pub fn fix_fd(policy: &Policy, fd: BorrowedFd<'_>, st: &rustix::fs::Stat) -> Result<()> {
     let what = || "applying the permission policy to a file being written".to_string();
-    let st = rustix::fs::fstat(fd).with_context(what)?;
-    let fix = examine(policy, fd, &st, Kind::File).with_context(what)?;
+    let fix = examine(policy, fd, st, Kind::File).with_context(what)?;
     if !fix.is_empty() {
         write_fix(fd, &fix).with_context(what)?;
     }

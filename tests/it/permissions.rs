@@ -258,6 +258,13 @@ fn files_a_sync_writes_have_the_policy_already() {
             "rw-"
         };
         assert_eq!(effective(&lines, &named), want, "{path:?}: {lines:#?}");
+        // The owner's bits are the image's (new names are made with the image's mode).
+        let image_mode = fs::metadata(img.join(path.strip_prefix(&w.code).unwrap()))
+            .unwrap()
+            .permissions()
+            .mode();
+        let live_mode = fs::symlink_metadata(&path).unwrap().permissions().mode();
+        assert_eq!(live_mode & 0o700, image_mode & 0o700, "{path:?}");
     }
     assert_eq!(files, 4, "the image's four files");
     w.run(&["plan", "permissions"]).code(0);

@@ -116,6 +116,7 @@ impl Engine<'_> {
             }
         }
         // Clear the way when the type changes (only what is ours or forced gets here).
+        let mut cleared = false;
         if let Some(lk) = live_kind {
             if lk != e.kind {
                 if e.kind == Kind::File && lk != Kind::Dir {
@@ -129,6 +130,7 @@ impl Engine<'_> {
                     self.journal_intent(p, None)?;
                     match rustix::fs::unlinkat(d, name, flags) {
                         Ok(()) => {
+                            cleared = true;
                             if lk == Kind::Dir {
                                 dc.forget(p);
                             }
@@ -167,7 +169,7 @@ impl Engine<'_> {
                     }
                     self.step();
                 }
-                self.finish_written(d, name, (i, p), e, ("mkdir", ""), true)?;
+                self.finish_written(d, name, (i, p), e, ("mkdir", ""), None)?;
             }
             Kind::Symlink => {
                 let tmp = self.temp_name(name);
@@ -181,10 +183,12 @@ impl Engine<'_> {
                 rustix::fs::renameat(d, tmp.as_str(), d, name)
                     .with_context(|| format!("renaming the symlink into place at {p}"))?;
                 self.step();
-                self.finish_written(d, name, (i, p), e, ("symlink", &target), true)?;
+                self.finish_written(d, name, (i, p), e, ("symlink", &target), None)?;
             }
             Kind::File => {
-                let seen = at::lstat_at(d, name)?.map(|s| {
+                // What the decision saw (nothing, once cleared): the content phase writes only
+                // if the name still has it, so a change from here on is kept, not overwritten.
+                let seen = st.filter(|_| !cleared).map(|s| {
                     let q = quick(&s);
                     (q.0, q.1, q.2, s.st_size)
                 });

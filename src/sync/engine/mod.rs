@@ -137,6 +137,8 @@ pub(super) struct Engine<'a> {
     /// Counts for a progress display, when someone watches.
     pub(super) progress: crate::progress::Sink,
     pid: u32,
+    /// The content phase's copy buffer, one for the run.
+    buf: Vec<u8>,
 }
 
 pub(super) struct Outcome {
@@ -225,6 +227,7 @@ impl<'a> Engine<'a> {
             steps: 0,
             progress: None,
             pid: std::process::id(),
+            buf: Vec::new(),
         })
     }
 

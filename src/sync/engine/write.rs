@@ -12,7 +12,7 @@ use crate::sync::live::quick;
 use crate::sync::manifest::{line, MEntry};
 use crate::tsv::esc;
 use anyhow::{bail, Context, Result};
-use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, Mode, OFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -122,12 +122,16 @@ impl Engine<'_> {
         }
         // A new name: an unnamed O_TMPFILE inode, linked in once complete (nothing to clean up
         // if the process dies). Replacing a name: a journaled temp name, then rename over it.
+        // The unnamed inode is made with the image's mode (nobody can open it by a name
+        // before it is complete), so it rarely needs the `fchmod` that rewrites an inherited
+        // ACL; a temp name is made 0600 and always gets it.
+        let want_mode = e.mode & 0o1777;
         let anon = if now.is_none() {
             rustix::fs::openat(
                 d,
                 ".",
                 OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
+                Mode::from_raw_mode(want_mode),
             )
             .ok()
         } else {
@@ -160,9 +164,10 @@ impl Engine<'_> {
         };
         let mut f = std::fs::File::from(fd);
         let mut hs = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 16];
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(1 << 16, 0);
         let mut size = 0u64;
-        let copied = (|| -> Result<()> {
+        let copied = (|| -> Result<Stat> {
             loop {
                 let n = r
                     .read(&mut buf)
@@ -180,7 +185,11 @@ impl Engine<'_> {
                 bail!("{p} changed in the image while it was being read; run sync again");
             }
             e.hash = Some(h);
-            rustix::fs::fchmod(&f, Mode::from_raw_mode(e.mode & 0o1777))?;
+            let mut st = rustix::fs::fstat(&f)?;
+            if tmp.is_some() || st.st_mode & 0o7777 != want_mode {
+                rustix::fs::fchmod(&f, Mode::from_raw_mode(want_mode))?;
+                st = rustix::fs::fstat(&f)?;
+            }
             let t = Timespec {
                 tv_sec: e.mtime,
                 tv_nsec: e.mtime_nsec as _,
@@ -192,13 +201,14 @@ impl Engine<'_> {
                     last_modification: t,
                 },
             )?;
-            Ok(())
+            Ok(st)
         })();
+        self.buf = buf;
         // The permissions policy on the open inode, before it has its name: the same result
         // as on the name afterwards, without looking it up and opening it again.
-        if copied.is_ok() {
+        if let Ok(st) = &copied {
             if let Some(pol) = &self.policy {
-                if let Err(err) = crate::policy::fix_fd(pol, f.as_fd()) {
+                if let Err(err) = crate::policy::fix_fd(pol, f.as_fd(), st) {
                     self.policy_failed(p, &err);
                 }
             }
@@ -235,10 +245,13 @@ impl Engine<'_> {
                 }
             }
         }
+        // The inode we wrote, as it is under its name now (the link or rename changed its
+        // ctime), without looking the name up again.
+        let st = rustix::fs::fstat(&f).with_context(|| format!("reading the status of {p}"))?;
         drop(f);
         self.step();
         let fill = tree.hash(i).is_none().then_some(e.hash).flatten();
-        self.finish_written(d, name, (i, p), e, ("write", ""), false)?;
+        self.finish_written(d, name, (i, p), e, ("write", ""), Some(&st))?;
         if let (Some(h), Some(hs)) = (fill, &mut self.hashes) {
             hs.push((i as u32, h));
         }
@@ -246,9 +259,9 @@ impl Engine<'_> {
     }
 
     /// After an entry is in place under its final name: the permissions policy (unless it was
-    /// applied before, `policy`: false), then the manifest records it with its live inode,
-    /// mtime and ctime (the cheap "untouched since" check of the next run), and the report
-    /// counts it.
+    /// applied on its descriptor before: `written` is then the descriptor's status after it
+    /// got its name), then the manifest records it with its live inode, mtime and ctime (the
+    /// cheap "untouched since" check of the next run), and the report counts it.
     pub(super) fn finish_written(
         &mut self,
         d: BorrowedFd<'_>,
@@ -256,14 +269,17 @@ impl Engine<'_> {
         (i, p): (usize, &str),
         e: Entry,
         (action, detail): (&str, &str),
-        policy: bool,
+        written: Option<&Stat>,
     ) -> Result<()> {
-        if policy {
-            self.apply_policy(d, name);
-        }
-        let live = at::lstat_at(d, name)?
-            .map(|s| quick(&s))
-            .unwrap_or_default();
+        let live = match written {
+            Some(st) => quick(st),
+            None => {
+                self.apply_policy(d, name);
+                at::lstat_at(d, name)?
+                    .map(|s| quick(&s))
+                    .unwrap_or_default()
+            }
+        };
         self.count("written");
         if let Some(pr) = &self.progress {
             pr.wrote(if e.kind == crate::image::Kind::File {
