@@ -185,10 +185,11 @@ impl Engine<'_> {
                 bail!("{p} changed in the image while it was being read; run sync again");
             }
             e.hash = Some(h);
-            let mut st = rustix::fs::fstat(&f)?;
+            let mode = || format!("setting the mode {want_mode:o} of {p}");
+            let mut st = rustix::fs::fstat(&f).with_context(mode)?;
             if tmp.is_some() || st.st_mode & 0o7777 != want_mode {
-                rustix::fs::fchmod(&f, Mode::from_raw_mode(want_mode))?;
-                st = rustix::fs::fstat(&f)?;
+                rustix::fs::fchmod(&f, Mode::from_raw_mode(want_mode)).with_context(mode)?;
+                st = rustix::fs::fstat(&f).with_context(mode)?;
             }
             let t = Timespec {
                 tv_sec: e.mtime,
@@ -200,7 +201,8 @@ impl Engine<'_> {
                     last_access: t,
                     last_modification: t,
                 },
-            )?;
+            )
+            .with_context(|| format!("setting the modification time of {p}"))?;
             Ok(st)
         })();
         self.buf = buf;
