@@ -5,8 +5,13 @@
 //! This module holds the policy (what each entry must look like, decided from one `fstat` and
 //! its ACL attributes, as pure functions a unit test can drive) and the writes that converge one
 //! open entry through its file descriptor. Two callers use it: the `permissions` component
-//! (over the whole tree, through [`crate::fs::walk`]) and `sync` (for each entry it writes,
-//! through [`fix_at`]). It never opens anything by a path from the top and never walks.
+//! (over the whole tree, through [`crate::fs::walk`]) and `sync` (for each entry it writes:
+//! made with [`Policy::mode_for`], so that the parent's default ACL already gives what the
+//! policy wants, then checked on its descriptor with [`fix_fd`], or by name with [`fix_at`]).
+//! It never opens anything by a path from the top and never walks.
+//!
+//! (Over 500 lines with its tests: the policy, the writes that converge it and the tests that
+//! check both on a real file system are one unit.)
 //!
 //! The policy, exactly (the README's "Permissions policy" section says the same):
 //!
@@ -71,6 +76,21 @@ impl Policy {
             gid: cfg.deployers.gid,
             root_mode: cfg.code_mode(),
         })
+    }
+
+    /// The permission bits (`st_mode & 0o7777`) an entry of the image's `mode` has once the
+    /// policy is applied to it. `sync` creates what it writes with these bits: under a
+    /// directory's default ACL the inherited access ACL then already gives the group what the
+    /// policy wants (its mask is the mode's group bits), so no ACL write follows.
+    pub fn mode_for(&self, dir: bool, mode: u32) -> u32 {
+        let kind = if dir { Kind::Dir } else { Kind::File };
+        let perm = mode & 0o7777;
+        let fix = evaluate(self, kind, perm, self.owner_uid, self.gid, None, None);
+        match (fix.mode, &fix.acl) {
+            (Some((_, m)), _) => m,
+            (None, Some((_, a))) => (perm & 0o7000) | a.mode_bits(),
+            (None, None) => perm,
+        }
     }
 
     /// The default ACL every directory gets, so new files and directories inherit
@@ -332,13 +352,21 @@ pub fn fix_at(policy: &Policy, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> 
 /// [`fix_at`] for a regular file the caller has just written and holds open, before it has a
 /// name in the tree (an unnamed `O_TMPFILE` inode or a journaled temp name of the sync): no
 /// lookup, no second open, and the file has its permissions from its first moment in place.
-pub fn fix_fd(policy: &Policy, fd: BorrowedFd<'_>, st: &rustix::fs::Stat) -> Result<()> {
-    let what = || "applying the permission policy to a file being written".to_string();
-    let fix = examine(policy, fd, st, Kind::File).with_context(what)?;
-    if !fix.is_empty() {
-        write_fix(fd, &fix).with_context(what)?;
+/// Also for a directory `sync` has just made and opened. Whether it changed anything (the
+/// caller's `st` is then stale).
+pub fn fix_fd(policy: &Policy, fd: BorrowedFd<'_>, st: &rustix::fs::Stat) -> Result<bool> {
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => Kind::File,
+        FileType::Directory => Kind::Dir,
+        _ => return Ok(false),
+    };
+    let what = || "applying the permission policy to an entry being written".to_string();
+    let fix = examine(policy, fd, st, kind).with_context(what)?;
+    if fix.is_empty() {
+        return Ok(false);
     }
-    Ok(())
+    write_fix(fd, &fix).with_context(what)?;
+    Ok(true)
 }
 
 /// The path a report shows for an entry.
@@ -483,5 +511,64 @@ mod tests {
         assert_eq!(ctime("hard.php"), hard, "hard-linked file was written");
         assert_eq!(ctime("link"), link, "symlink was written");
         assert!(!check("hard.php", Kind::File).is_empty());
+    }
+
+    #[test]
+    fn entries_created_with_mode_for_under_the_default_acl_need_no_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = rustix::fs::open(
+            tmp.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        let p = pol();
+        rustix::fs::mkdirat(&top, "sub", Mode::from_raw_mode(0o755)).unwrap();
+        fix_at(&p, top.as_fd(), OsStr::new("sub")).unwrap();
+        let dir = at::open_dir_at(top.as_fd(), "sub").unwrap();
+        for (i, mode) in [0o644, 0o755, 0o600, 0o700, 0o444, 0o1644]
+            .into_iter()
+            .enumerate()
+        {
+            let name = format!("f{i}");
+            let m = p.mode_for(false, mode);
+            let fd = rustix::fs::openat(
+                &dir,
+                name.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+                Mode::from_raw_mode(m),
+            )
+            .unwrap();
+            let st = rustix::fs::fstat(&fd).unwrap();
+            assert_eq!(st.st_mode & 0o7777, m, "file {mode:o} created as {m:o}");
+            let fix = examine(&p, fd.as_fd(), &st, Kind::File).unwrap();
+            assert!(fix.is_empty(), "file {mode:o} created as {m:o}: {fix:?}");
+            // The same file created with the image's own mode does need the ACL write.
+            if mode & 0o070 != 0o060 && mode & 0o070 != 0o070 {
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).unwrap();
+                let st = rustix::fs::fstat(&fd).unwrap();
+                assert!(!examine(&p, fd.as_fd(), &st, Kind::File).unwrap().is_empty());
+            }
+        }
+        for (i, mode) in [0o755, 0o700, 0o750].into_iter().enumerate() {
+            let name = format!("d{i}");
+            let m = p.mode_for(true, mode);
+            assert_eq!(m & 0o2000, 0o2000, "directories carry setgid");
+            // (Made without it: the parent's passes down.)
+            rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(m & 0o1777)).unwrap();
+            let fd = at::open_dir_at(dir.as_fd(), name.as_str()).unwrap();
+            let st = rustix::fs::fstat(&fd).unwrap();
+            assert_eq!(
+                st.st_mode & 0o7777,
+                m,
+                "directory {mode:o} created as {m:o}"
+            );
+            let fix = examine(&p, fd.as_fd(), &st, Kind::Dir).unwrap();
+            assert!(
+                fix.is_empty(),
+                "directory {mode:o} created as {m:o}: {fix:?}"
+            );
+            assert!(!fix_fd(&p, fd.as_fd(), &st).unwrap(), "nothing to change");
+        }
     }
 }

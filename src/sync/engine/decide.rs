@@ -12,7 +12,7 @@ use crate::sync::manifest::MEntry;
 use anyhow::{bail, Context, Result};
 use rustix::fs::{AtFlags, Mode, Stat};
 use rustix::io::Errno;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 impl Engine<'_> {
     /// One path of the image. Returns a prefix to skip when the live tree blocks a subtree.
@@ -161,7 +161,14 @@ impl Engine<'_> {
                     || !matches!(at::lstat_at(d, name)?, Some(ref s) if kind_of(s) == Some(Kind::Dir))
                 {
                     self.journal_intent(p, Some(&e))?;
-                    match rustix::fs::mkdirat(d, name, Mode::from_raw_mode(e.mode & 0o777)) {
+                    // Made with the mode the policy gives it: under its parent's default ACL
+                    // it then needs no ACL write (see `write_file`). Never with setgid (the
+                    // parent's passes down; systemd's RestrictSUIDSGID= refuses the call).
+                    let mode = match &self.policy {
+                        Some(pol) => pol.mode_for(true, e.mode & 0o777) & 0o1777,
+                        None => e.mode & 0o777,
+                    };
+                    match rustix::fs::mkdirat(d, name, Mode::from_raw_mode(mode)) {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(err) => {
                             return Err(err).with_context(|| format!("creating the directory {p}"))
@@ -169,7 +176,9 @@ impl Engine<'_> {
                     }
                     self.step();
                 }
-                self.finish_written(d, name, (i, p), e, ("mkdir", ""), None)?;
+                // The policy and the status on one descriptor of the directory, not by name.
+                let written = self.policy_on_dir(d, name, p);
+                self.finish_written(d, name, (i, p), e, ("mkdir", ""), written.as_ref())?;
             }
             Kind::Symlink => {
                 let tmp = self.temp_name(name);
@@ -199,6 +208,24 @@ impl Engine<'_> {
     }
 
     /// Whether the image has the same entry as the manifest at `p` (the image did not change it).
+    /// For a directory just made or found in place: opens it (never through a symlink),
+    /// applies the permissions policy on that descriptor and returns its status after. `None`
+    /// (and nothing done) without a policy, or when `name` is not a directory any more: the
+    /// caller then goes by name.
+    fn policy_on_dir(&mut self, d: BorrowedFd<'_>, name: &str, p: &str) -> Option<Stat> {
+        let pol = self.policy.as_ref()?;
+        let fd = at::open_dir_at(d, name).ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        match crate::policy::fix_fd(pol, fd.as_fd(), &st) {
+            Ok(false) => Some(st),
+            Ok(true) => rustix::fs::fstat(&fd).ok(),
+            Err(err) => {
+                self.policy_failed(p, &err);
+                rustix::fs::fstat(&fd).ok()
+            }
+        }
+    }
+
     fn same_in_image(&mut self, p: &str, e: &mut Entry, m: &MEntry) -> Result<bool> {
         if e.kind != m.e.kind || e.mode != m.e.mode || e.target != m.e.target {
             return Ok(false);

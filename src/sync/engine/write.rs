@@ -106,27 +106,19 @@ impl Engine<'_> {
                 return Ok(());
             }
         };
-        let now = at::lstat_at(d, name)?;
-        let now_seen = now.as_ref().map(|s| {
-            let q = quick(s);
-            (q.0, q.1, q.2, s.st_size)
-        });
-        if now_seen != pending.seen {
-            self.keep(p, "changed here while syncing");
-            return Ok(());
-        }
-        if pending.backup {
-            if let Some(st) = &now {
-                self.backup(p, d, name, st)?;
-            }
-        }
         // A new name: an unnamed O_TMPFILE inode, linked in once complete (nothing to clean up
         // if the process dies). Replacing a name: a journaled temp name, then rename over it.
-        // The unnamed inode is made with the image's mode (nobody can open it by a name
-        // before it is complete), so it rarely needs the `fchmod` that rewrites an inherited
-        // ACL; a temp name is made 0600 and always gets it.
-        let want_mode = e.mode & 0o1777;
-        let anon = if now.is_none() {
+        // The unnamed inode is made with the mode the permissions policy gives the image's
+        // (nobody can open it by a name before it is complete): under the directory's default
+        // ACL it then needs neither the `fchmod` nor the ACL write. A temp name is made 0600
+        // and always gets the `fchmod`.
+        let want_mode = match &self.policy {
+            Some(pol) => pol.mode_for(false, e.mode & 0o1777),
+            None => e.mode & 0o1777,
+        };
+        // A name that was free when decided is linked only if it still is (`linkat` fails when
+        // anything took it since): no look-up first.
+        let anon = if pending.seen.is_none() {
             rustix::fs::openat(
                 d,
                 ".",
@@ -137,6 +129,22 @@ impl Engine<'_> {
         } else {
             None
         };
+        if anon.is_none() {
+            let now = at::lstat_at(d, name)?;
+            let now_seen = now.as_ref().map(|s| {
+                let q = quick(s);
+                (q.0, q.1, q.2, s.st_size)
+            });
+            if now_seen != pending.seen {
+                self.keep(p, "changed here while syncing");
+                return Ok(());
+            }
+            if pending.backup {
+                if let Some(st) = &now {
+                    self.backup(p, d, name, st)?;
+                }
+            }
+        }
         let (fd, tmp) = match anon {
             Some(fd) => (fd, None),
             None => {
