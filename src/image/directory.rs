@@ -48,6 +48,7 @@ pub(super) fn open(cfg: &Config) -> Result<Image> {
         digest,
         backend: Backend::Directory { root: fd, location },
         tree_cache: Some(tree),
+        hash_on_read: true,
     })
 }
 

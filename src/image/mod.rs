@@ -107,6 +107,8 @@ pub struct Image {
     backend: Backend,
     /// The directory source computes the tree to compute the digest; kept here until asked.
     tree_cache: Option<Tree>,
+    /// Whether a tree read from snapshots hashes every file (see [`Image::defer_hashes`]).
+    hash_on_read: bool,
 }
 
 enum Backend {
@@ -334,7 +336,13 @@ impl Image {
             return Ok(directory::scan(root.as_fd())?.0);
         };
         if let Some(v) = view {
-            let tree = snapshots::tree(v, prefix, &self.reference, *max_layer_entries, notes)?;
+            let tree = snapshots::tree(
+                v,
+                prefix,
+                &self.reference,
+                (*max_layer_entries, self.hash_on_read),
+                notes,
+            )?;
             tree.log_size();
             return Ok(tree);
         }
@@ -356,12 +364,47 @@ impl Image {
         Ok(tree)
     }
 
-    /// The content hash of a file of the tree (the `directory` source hashes on demand).
-    pub fn hash_file(&self, rel: &str) -> Result<[u8; 32]> {
-        let Backend::Directory { root, location } = &self.backend else {
-            bail!("hash_file is only needed for directory images")
-        };
-        directory::hash_file(root.as_fd(), location, rel)
+    /// Lets a tree read from snapshots carry no file hashes: the caller hashes each file as
+    /// it writes it and asks [`Image::hash_file`] for any other (a first sync into an empty
+    /// tree, with no manifest to compare with). The read then opens no file: each is read
+    /// once, when it is written. Blobs are hashed as they stream by, whatever this says.
+    pub fn defer_hashes(&mut self) {
+        self.hash_on_read = false;
+    }
+
+    /// Whether files of the tree may come without a hash (the `directory` source, and
+    /// snapshots after [`Image::defer_hashes`]): a sync then hashes what it writes.
+    pub fn lazy_hashes(&self) -> bool {
+        match &self.backend {
+            Backend::Directory { .. } => true,
+            Backend::Layers { view, .. } => view.is_some() && !self.hash_on_read,
+        }
+    }
+
+    /// The content hash of the file `rel` of `tree` (this image's), for a file whose tree
+    /// entry has none (see [`Image::lazy_hashes`]).
+    pub fn hash_file(&self, tree: &Tree, rel: &str) -> Result<[u8; 32]> {
+        match &self.backend {
+            Backend::Directory { root, location } => {
+                directory::hash_file(root.as_fd(), location, rel)
+            }
+            Backend::Layers {
+                view: Some(v),
+                prefix,
+                ..
+            } => {
+                let Some(i) = tree.find(rel) else {
+                    bail!("{rel:?} is not in the tree of {}", self.reference)
+                };
+                snapshots::hash_one(v, prefix, tree, i)
+            }
+            Backend::Layers { .. } => {
+                bail!(
+                    "{rel:?} has no hash in the tree of {}, read from its blobs (a bug)",
+                    self.reference
+                )
+            }
+        }
     }
 
     /// Streams the content of each file in `wanted` (indices into `tree`, this image's tree,

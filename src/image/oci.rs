@@ -262,5 +262,6 @@ pub(super) fn open_layered(
             view: None,
         },
         tree_cache: None,
+        hash_on_read: true,
     })
 }

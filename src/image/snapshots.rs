@@ -299,7 +299,7 @@ pub(super) fn tree(
     view: &View,
     prefix: &str,
     reference: &str,
-    max_entries: u64,
+    (max_entries, hash): (u64, bool),
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
     // One ingest for every layer and every walking thread (a lock per entry: the walk's
@@ -313,6 +313,7 @@ pub(super) fn tree(
         let layer = || Layer {
             li,
             prefix,
+            hash,
             limit,
             seq: &seq,
             ing: &ing,
@@ -392,6 +393,8 @@ enum Item {
 struct Layer<'a, 'p> {
     li: usize,
     prefix: &'a str,
+    /// Whether files are read and hashed (else only looked at: see `Image::defer_hashes`).
+    hash: bool,
     /// The sequence number this layer may not reach, and its directory (for the error).
     limit: (u64, &'a std::path::Path),
     seq: &'a AtomicU64,
@@ -480,21 +483,22 @@ impl Layer<'_, '_> {
                 }
             }
             FileType::RegularFile => {
-                let (size, hash) = if layers::place(self.prefix, rel).is_some_and(|(_, c)| !c) {
-                    let f = match file {
-                        Some(f) => f,
-                        None => {
-                            open_file(dir, name)
-                                .with_context(|| format!("opening {rel:?}"))?
-                                .0
-                        }
+                let (size, hash) =
+                    if self.hash && layers::place(self.prefix, rel).is_some_and(|(_, c)| !c) {
+                        let f = match file {
+                            Some(f) => f,
+                            None => {
+                                open_file(dir, name)
+                                    .with_context(|| format!("opening {rel:?}"))?
+                                    .0
+                            }
+                        };
+                        let (n, h) = hash_file(&f, st.st_size as u64, &mut self.buf)
+                            .with_context(|| format!("reading {rel:?}"))?;
+                        (n, Some(h))
+                    } else {
+                        (st.st_size as u64, None)
                     };
-                    let (n, h) = hash_file(&f, st.st_size as u64, &mut self.buf)
-                        .with_context(|| format!("reading {rel:?}"))?;
-                    (n, Some(h))
-                } else {
-                    (st.st_size as u64, None)
-                };
                 Entry {
                     size,
                     hash,
@@ -541,7 +545,8 @@ impl crate::fs::walk::Visitor for Layer<'_, '_> {
         // A regular file of the code tree, as the listing says: opened at once, its `fstat` in
         // place of an `lstat` (one call a file fewer). Anything else, or a file that is no
         // longer one when opened, is looked at with `lstat` as it is now.
-        if e.file_type == FileType::RegularFile
+        if self.hash
+            && e.file_type == FileType::RegularFile
             && layers::place(self.prefix, &rel).is_some_and(|(_, c)| !c)
         {
             if let Ok((f, st)) = open_file(e.dir, name) {
@@ -656,6 +661,35 @@ pub(super) fn fetch(
     Ok(())
 }
 
+/// The BLAKE3 hash of the file `i` of `tree` (which [`tree`] built), read from its layer
+/// directory as [`fetch`] reads it: for a tree read without hashes.
+pub(super) fn hash_one(view: &View, prefix: &str, tree: &Tree, i: usize) -> Result<[u8; 32]> {
+    let li = layers::decode_pos(tree.pos(i)).0;
+    let Some(dir) = view.dirs.get(li) else {
+        bail!("{:?}: no layer {li} in the snapshot view", tree.path(i));
+    };
+    let full = if prefix.is_empty() {
+        tree.path(i).to_string()
+    } else {
+        format!("{prefix}/{}", tree.path(i))
+    };
+    let (parent, name) = at::split(&full);
+    let what = || {
+        format!(
+            "hashing {full:?} in the snapshot directory {}",
+            dir.display()
+        )
+    };
+    let mut dc = at::DirCache::new(at::open_dir_path(dir).with_context(what)?);
+    let at::Opened::Dir(d) = dc.open(parent).with_context(what)? else {
+        bail!("{}: it is no longer there", what());
+    };
+    let (mut file, _) = open_file(d, name).with_context(what)?;
+    let mut hs = blake3::Hasher::new();
+    std::io::copy(&mut file, &mut hs).with_context(what)?;
+    Ok(*hs.finalize().as_bytes())
+}
+
 /// A file read that fails at its end when the bytes were not those hashed when the tree was
 /// read (a snapshot that changed under the sync).
 struct Checked<'a> {
@@ -668,6 +702,9 @@ struct Checked<'a> {
 impl Read for Checked<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
+        if self.want.is_none() {
+            return Ok(n);
+        }
         self.hs.update(&buf[..n]);
         if n == 0
             && !buf.is_empty()

@@ -109,12 +109,12 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 }
 
 /// The manifest file: `manifest.tsv` in the sync state directory.
-struct Manifest;
+pub(super) struct Manifest;
 
 impl Manifest {
     const HEADER: &'static str = "# mw-experimental sync manifest v1: path kind mode size mtime.nsec blake3 target ino live_mtime_ns live_ctime_ns";
 
-    fn path(cfg: &Config) -> PathBuf {
+    pub(super) fn path(cfg: &Config) -> PathBuf {
         sync_dir(cfg).join("manifest.tsv")
     }
 }

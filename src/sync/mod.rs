@@ -189,6 +189,15 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
             return Ok(plan);
         }
     }
+    // A first sync into an empty tree compares nothing with the image: a tree read from
+    // snapshots then hashes each file as it writes it, not before (each is read once).
+    let no_manifest = matches!(
+        std::fs::symlink_metadata(manifest::Manifest::path(cfg)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound
+    );
+    if last.is_none() && no_manifest && tree_is_fresh(&cfg.code.path) {
+        img.defer_hashes();
+    }
     let mut notes = Vec::new();
     let tree = img.tree(&mut notes)?;
     log::debug!(
@@ -299,6 +308,16 @@ fn count_edits(cfg: &Config) -> Option<Census> {
             log::warn!("counting the edits per editor: {e:#}");
             None
         }
+    }
+}
+
+/// Whether the code tree is missing or an empty directory (not a symlink).
+fn tree_is_fresh(path: &std::path::Path) -> bool {
+    match at::open_dir_path(path) {
+        Err(e) => e == Errno::NOENT,
+        Ok(fd) => rustix::fs::Dir::read_from(&fd).is_ok_and(|mut d| {
+            d.all(|e| e.is_ok_and(|e| matches!(e.file_name().to_bytes(), b"." | b"..")))
+        }),
     }
 }
 

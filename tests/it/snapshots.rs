@@ -239,6 +239,28 @@ fn read_paths_give_the_same_tree(snapshotter: &str) {
     assert!(listing(c).contains("bin d 2750 "), "{}", listing(c));
     assert!(listing(c).contains("bin/run f 755"), "{}", listing(c));
     same_tree(c, &snap.code, "blobs vs snapshots");
+    // The snapshot read of this first sync hashed each file only as it wrote it: the manifest
+    // has the same files (path, kind, mode, size, mtime, BLAKE3) as the blobs' one. (Not the
+    // directories: the native snapshotter's merged root can give one another mtime.)
+    let fields = |w: &World| -> Vec<String> {
+        std::fs::read_to_string(w.state_dir.join("sync/manifest.tsv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split('\t').take(6).collect::<Vec<_>>().join("\t"))
+            .filter(|l| l.split('\t').nth(1) == Some("f"))
+            .collect()
+    };
+    assert_eq!(
+        fields(&blobs),
+        fields(&snap),
+        "manifests: blobs vs snapshots"
+    );
+    assert!(
+        fields(&snap).iter().any(|l| l.starts_with("index.php\t")
+            && l.ends_with(&blake3::hash(b"<?php // v2\n").to_hex().to_string())),
+        "{:#?}",
+        fields(&snap)
+    );
     same_tree(c, &auto.code, "blobs vs auto");
     same_tree(c, &dir.code, "blobs vs directory");
     // A later image: auto asks the page cache whether the snapshot's pages are warm (just

@@ -253,7 +253,7 @@ impl Engine<'_> {
 
     pub(super) fn fill_hash(&mut self, p: &str, e: &mut Entry) -> Result<()> {
         if e.kind == Kind::File && e.hash.is_none() {
-            e.hash = Some(self.image.hash_file(p)?);
+            e.hash = Some(self.image.hash_file(&self.tree, p)?);
         }
         Ok(())
     }

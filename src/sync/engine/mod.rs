@@ -283,12 +283,7 @@ impl<'a> Engine<'a> {
     /// Whether the code tree is missing or an empty directory (not a symlink), before the run
     /// touches it.
     fn tree_is_fresh(&self) -> bool {
-        match at::open_dir_path(&self.cfg.code.path) {
-            Err(e) => e == Errno::NOENT,
-            Ok(fd) => rustix::fs::Dir::read_from(&fd).is_ok_and(|mut d| {
-                d.all(|e| e.is_ok_and(|e| matches!(e.file_name().to_bytes(), b"." | b"..")))
-            }),
-        }
+        super::tree_is_fresh(&self.cfg.code.path)
     }
 
     fn open_root(&self) -> Result<DirCache> {
@@ -391,13 +386,15 @@ impl<'a> Engine<'a> {
         wanted.extend((0..self.slots.len()).filter(queued).map(|i| i as u32));
         if !self.opts.dry_run && !wanted.is_empty() {
             // While the tree is lent to the fetch, the hashes of files written without one
-            // wait aside. Only the `directory` source has such files (every one on a first
-            // sync), and it opens each file on its own, so it is fetched a few thousand files
-            // at a time and the hashes go into the tree in between: they are then never held
-            // twice. Layered images carry every hash and are read in one pass over the layers.
-            let chunk = match self.cfg.image.source {
-                crate::config::ImageSource::Directory => 4096,
-                _ => wanted.len(),
+            // wait aside. Only lazily hashed trees have such files (the `directory` source,
+            // and snapshots on a first sync: every file), and those sources open each file on
+            // its own, so they are fetched a few thousand files at a time and the hashes go
+            // into the tree in between: they are then never held twice. Blobs carry every
+            // hash and are read in one pass over the layers.
+            let chunk = if self.image.lazy_hashes() {
+                4096
+            } else {
+                wanted.len()
             };
             let image = self.image;
             for part in wanted.chunks_mut(chunk) {
