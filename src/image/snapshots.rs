@@ -622,33 +622,8 @@ pub(super) fn fetch(
     }
     order.sort_unstable();
     let mut cache: Option<(usize, at::DirCache)> = None;
-    for (li, i) in order {
-        let Some(dir) = view.dirs.get(li) else {
-            bail!("{:?}: no layer {li} in the snapshot view", tree.path(i));
-        };
-        if cache.as_ref().is_none_or(|(l, _)| *l != li) {
-            let root = at::open_dir_path(dir)
-                .with_context(|| format!("opening the snapshot directory {}", dir.display()))?;
-            cache = Some((li, at::DirCache::new(root)));
-        }
-        let dc = &mut cache.as_mut().expect("set above").1;
-        let full = if prefix.is_empty() {
-            tree.path(i).to_string()
-        } else {
-            format!("{prefix}/{}", tree.path(i))
-        };
-        let (parent, name) = at::split(&full);
-        let gone = || {
-            format!(
-                "{full:?} is no longer in the snapshot directory {}; the image changed while it \
-                 was read; the next sync reads it again",
-                dir.display()
-            )
-        };
-        let at::Opened::Dir(d) = dc.open(parent)? else {
-            bail!(gone());
-        };
-        let (file, _) = open_file(d, name).with_context(gone)?;
+    for (_, i) in order {
+        let (file, full) = open_in_layer(view, prefix, tree, i, &mut cache)?;
         let want = tree.entry(i).hash;
         let mut r = Checked {
             inner: file,
@@ -661,32 +636,52 @@ pub(super) fn fetch(
     Ok(())
 }
 
-/// The BLAKE3 hash of the file `i` of `tree` (which [`tree`] built), read from its layer
-/// directory as [`fetch`] reads it: for a tree read without hashes.
-pub(super) fn hash_one(view: &View, prefix: &str, tree: &Tree, i: usize) -> Result<[u8; 32]> {
+/// Opens the file `i` of `tree` in its layer directory (through `cache`, the last layer's
+/// open directories); with its path from the layer root, for messages.
+fn open_in_layer(
+    view: &View,
+    prefix: &str,
+    tree: &Tree,
+    i: usize,
+    cache: &mut Option<(usize, at::DirCache)>,
+) -> Result<(std::fs::File, String)> {
     let li = layers::decode_pos(tree.pos(i)).0;
     let Some(dir) = view.dirs.get(li) else {
         bail!("{:?}: no layer {li} in the snapshot view", tree.path(i));
     };
+    if cache.as_ref().is_none_or(|(l, _)| *l != li) {
+        let root = at::open_dir_path(dir)
+            .with_context(|| format!("opening the snapshot directory {}", dir.display()))?;
+        *cache = Some((li, at::DirCache::new(root)));
+    }
+    let dc = &mut cache.as_mut().expect("set above").1;
     let full = if prefix.is_empty() {
         tree.path(i).to_string()
     } else {
         format!("{prefix}/{}", tree.path(i))
     };
     let (parent, name) = at::split(&full);
-    let what = || {
+    let gone = || {
         format!(
-            "hashing {full:?} in the snapshot directory {}",
+            "{full:?} is no longer in the snapshot directory {}; the image changed while it \
+             was read; the next sync reads it again",
             dir.display()
         )
     };
-    let mut dc = at::DirCache::new(at::open_dir_path(dir).with_context(what)?);
-    let at::Opened::Dir(d) = dc.open(parent).with_context(what)? else {
-        bail!("{}: it is no longer there", what());
+    let at::Opened::Dir(d) = dc.open(parent)? else {
+        bail!(gone());
     };
-    let (mut file, _) = open_file(d, name).with_context(what)?;
+    let (file, _) = open_file(d, name).with_context(gone)?;
+    Ok((file, full))
+}
+
+/// The BLAKE3 hash of the file `i` of `tree` (which [`tree`] built), read from its layer
+/// directory as [`fetch`] reads it: for a tree read without hashes.
+pub(super) fn hash_one(view: &View, prefix: &str, tree: &Tree, i: usize) -> Result<[u8; 32]> {
+    let (mut file, full) = open_in_layer(view, prefix, tree, i, &mut None)?;
     let mut hs = blake3::Hasher::new();
-    std::io::copy(&mut file, &mut hs).with_context(what)?;
+    std::io::copy(&mut file, &mut hs)
+        .with_context(|| format!("hashing {full:?} in its snapshot"))?;
     Ok(*hs.finalize().as_bytes())
 }
 

@@ -562,3 +562,74 @@ fn auto_takes_the_layer_cache_first_and_warm_snapshots_for_a_rebuilt_image() {
     );
     assert!(!w.code.join("wmf-config/b.php").exists());
 }
+
+#[test]
+fn files_made_here_during_a_snapshot_first_sync_are_compared_with_the_image_file_hashed_then() {
+    use std::io::BufRead;
+    let ctrd = Containerd::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let l = layout(scratch.path());
+    ctrd.import_unpacked(&l.dir, REPO, "overlayfs");
+    let w = world(&ctrd, "snapshots");
+    std::fs::create_dir_all(&w.code).unwrap();
+    // An empty tree and no manifest: the tree is read without hashes. The sync's look for the
+    // manifest that follows waits 5 s (strace), and an engineer writes two files meanwhile:
+    // one as the image has it, one not.
+    let manifest = w.state_dir.join("sync/manifest.tsv");
+    let mut child = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=openat"])
+        .args(["-e", "inject=openat:delay_enter=5000000:when=1", "-P"])
+        .arg(&manifest)
+        .arg(bin())
+        .arg("--config")
+        .arg(&w.config)
+        .args(["-v", "sync"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    while !log.contains("read the image tree by") {
+        assert!(err.read_line(&mut log).unwrap() > 0, "{log}");
+    }
+    std::fs::write(w.code.join("index.php"), "<?php // v2\n").unwrap();
+    std::fs::create_dir(w.code.join("bin")).unwrap();
+    std::fs::write(w.code.join("bin/run"), "an engineer's\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    log.push_str(&rest);
+    let out = child.wait_with_output().unwrap();
+    log.push_str(&String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{log}");
+    assert!(!log.contains("reading the image tree"), "{log}");
+    // The equal file was taken as the image's; the other is kept, and said.
+    assert!(
+        log.contains("bin/run") && log.contains("created here and now also in the image"),
+        "{log}"
+    );
+    assert!(!log.contains("index.php: created here"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(w.code.join("bin/run")).unwrap(),
+        "an engineer's\n"
+    );
+    // The manifest has each one's image hash, read from the snapshot when it was needed.
+    let lines = std::fs::read_to_string(&manifest).unwrap();
+    let hash_of = |p: &str| {
+        lines
+            .lines()
+            .find(|l| l.starts_with(&format!("{p}\t")))
+            .and_then(|l| l.split('\t').nth(5))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(
+        hash_of("index.php"),
+        blake3::hash(b"<?php // v2\n").to_hex().to_string()
+    );
+    assert_eq!(
+        hash_of("bin/run"),
+        blake3::hash(b"#!/bin/sh\necho run\n").to_hex().to_string()
+    );
+}

@@ -207,7 +207,6 @@ impl Engine<'_> {
         Ok(None)
     }
 
-    /// Whether the image has the same entry as the manifest at `p` (the image did not change it).
     /// For a directory just made or found in place: opens it (never through a symlink),
     /// applies the permissions policy on that descriptor and returns its status after. `None`
     /// (and nothing done) without a policy, or when `name` is not a directory any more: the
@@ -226,6 +225,7 @@ impl Engine<'_> {
         }
     }
 
+    /// Whether the image has the same entry as the manifest at `p` (the image did not change it).
     fn same_in_image(&mut self, p: &str, e: &mut Entry, m: &MEntry) -> Result<bool> {
         if e.kind != m.e.kind || e.mode != m.e.mode || e.target != m.e.target {
             return Ok(false);
