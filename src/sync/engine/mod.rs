@@ -139,6 +139,8 @@ pub(super) struct Engine<'a> {
     pid: u32,
     /// The content phase's copy buffer, one for the run.
     buf: Vec<u8>,
+    /// Closes the inodes replaced or removed, off the writer's path ([`crate::fs::reap`]).
+    reaper: crate::fs::reap::Reaper,
 }
 
 pub(super) struct Outcome {
@@ -228,6 +230,7 @@ impl<'a> Engine<'a> {
             progress: None,
             pid: std::process::id(),
             buf: Vec::new(),
+            reaper: Default::default(),
         })
     }
 

@@ -6,6 +6,7 @@
 
 use super::Engine;
 use crate::fs::at::{self, DirCache, Opened};
+use crate::fs::reap::Reaper;
 use crate::fs::walk::{self, Walk};
 use crate::image::Kind;
 use crate::sync::live::{equals_manifest, kind_of, read_at, readlink};
@@ -57,8 +58,15 @@ impl Engine<'_> {
             AtFlags::empty()
         };
         self.journal_intent(p, None)?;
+        // A file is held so that its last close, on the reaper's thread, frees it.
+        let held = (flags != AtFlags::REMOVEDIR)
+            .then(|| Reaper::hold(d, name))
+            .flatten();
         match rustix::fs::unlinkat(d, name, flags) {
             Ok(()) => {
+                if let Some(fd) = held {
+                    self.reaper.release(fd);
+                }
                 self.count("deleted");
                 self.change("delete", p, "");
             }

@@ -7,6 +7,7 @@
 
 use super::{Engine, Pending, Slot};
 use crate::fs::at::{self, DirCache, Opened};
+use crate::fs::reap::Reaper;
 use crate::image::{Entry, Tree};
 use crate::sync::live::quick;
 use crate::sync::manifest::{line, MEntry};
@@ -129,8 +130,17 @@ impl Engine<'_> {
         } else {
             None
         };
+        // The inode to be replaced, held: its last close (on the reaper's thread, after the
+        // rename) frees it, not the rename.
+        let mut held = None;
         if anon.is_none() {
-            let now = at::lstat_at(d, name)?;
+            if pending.seen.is_some() {
+                held = Reaper::hold(d, name);
+            }
+            let now = match &held {
+                Some(fd) => Some(rustix::fs::fstat(fd).with_context(|| format!("lstat {p}"))?),
+                None => at::lstat_at(d, name)?,
+            };
             let now_seen = now.as_ref().map(|s| {
                 let q = quick(s);
                 (q.0, q.1, q.2, s.st_size)
@@ -254,6 +264,9 @@ impl Engine<'_> {
                     return Err(err).with_context(|| format!("renaming {p} into place"));
                 }
             }
+        }
+        if let Some(fd) = held {
+            self.reaper.release(fd);
         }
         // The inode we wrote, as it is under its name now (the link or rename changed its
         // ctime), without looking the name up again.
