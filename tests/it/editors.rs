@@ -223,10 +223,41 @@ fn diff_status_the_banner_and_the_fact_name_who_changed_each_edit_and_when() {
         0,
         "a new image's sync just after the first recounted"
     );
+    // Aged past 50 minutes but not twice that: a new image's sync leaves the census to the
+    // next unchanged one (the deploy's own sync does not pay the scan).
     let last = n.w.state_dir.join("sync/last.json");
-    let mut l: Value = serde_json::from_str(&std::fs::read_to_string(&last).unwrap()).unwrap();
-    l["edits"]["counted_at"] = "2026-01-01T00:00:00Z".into();
-    std::fs::write(&last, l.to_string()).unwrap();
+    let age = |minutes: u64| {
+        let mut l: Value = serde_json::from_str(&std::fs::read_to_string(&last).unwrap()).unwrap();
+        let at = std::time::SystemTime::now() - std::time::Duration::from_secs(minutes * 60);
+        l["edits"]["counted_at"] = humantime::format_rfc3339_seconds(at).to_string().into();
+        std::fs::write(&last, l.to_string()).unwrap();
+    };
+    age(60);
+    put(
+        &n.img,
+        "srv/mediawiki/docs/RELEASE-NOTES.txt",
+        "a newer image\n",
+    );
+    n.w.run(&["sync"]).code(0);
+    assert_eq!(
+        total(&n),
+        0,
+        "a new image's sync recounted a census only 60 minutes old"
+    );
+    // Twice the age: no unchanged sync took it, so a new image's sync does.
+    age(101);
+    put(
+        &n.img,
+        "srv/mediawiki/docs/RELEASE-NOTES.txt",
+        "the newest image\n",
+    );
+    n.w.run(&["sync"]).code(0);
+    assert_eq!(
+        total(&n),
+        4,
+        "a new image's sync left a census 101 minutes old"
+    );
+    age(60);
     n.w.run(&["sync"]).code(0);
     let fact = as_root(&n, None, &["facts"]).json();
     let edits = &fact["mw_experimental"]["code"]["edits"];
