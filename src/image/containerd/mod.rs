@@ -41,6 +41,9 @@ use tonic::{Code, Request, Status};
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting to the socket may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The HTTP/2 receive window of a stream (the connection's is twice it): what containerd may
+/// send ahead of the reader.
+const STREAM_WINDOW: u32 = 256 * 1024;
 /// How long a lease outlives a run that was killed before it could delete it.
 const LEASE_EXPIRY: Duration = Duration::from_secs(3600);
 
@@ -76,6 +79,12 @@ impl Client {
             let _guard = rt.enter();
             Endpoint::from_static("http://containerd.sock")
                 .connect_timeout(CONNECT_TIMEOUT)
+                // HTTP/2 flow control bounds what containerd may send before the reader
+                // takes it: hyper's defaults (2 MiB a stream, 5 MiB the connection) let a
+                // blob read buffer megabytes ahead of the tar reader; a local socket needs
+                // no more than a few frames in flight.
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(STREAM_WINDOW * 2)
                 .connect_with_connector_lazy(tower::service_fn(move |_| {
                     let path = path.clone();
                     async move {
