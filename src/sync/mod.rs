@@ -234,6 +234,7 @@ pub fn sync(cfg: &Config, opts: &SyncOptions) -> Result<ComponentPlan> {
         notes,
     )?;
     eng.progress = opts.progress.clone();
+    eng.started = started;
     let out = eng.run()?;
     log::debug!(
         "synced the tree by {:.3}s (peak {} MiB)",

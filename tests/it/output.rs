@@ -79,12 +79,22 @@ fn a_first_sync_of_5000_entries_is_a_short_report_and_v_lists_paths() {
         .assert()
         .success()
         .stdout(contains("  code mkdir ("));
-    let (stdout, _) = texts(&run);
+    let (stdout, stderr) = texts(&run);
     let listed = stdout
         .lines()
         .filter(|l| l.starts_with("    ") && !l.trim().is_empty())
         .count();
     assert!(listed >= 10, "-v listed {listed} paths:\n{stdout}");
+    // -v's timings are all on the sync's one clock: each "by N s" is at or after the last.
+    let by: Vec<f64> = stderr
+        .lines()
+        .filter_map(|l| l.split(" by ").nth(1)?.split('s').next()?.parse().ok())
+        .collect();
+    assert!(by.len() >= 5, "-v's timed lines:\n{stderr}");
+    assert!(
+        by.windows(2).all(|w| w[0] <= w[1]),
+        "-v's times go back:\n{stderr}"
+    );
 }
 
 #[test]

@@ -136,6 +136,8 @@ pub(super) struct Engine<'a> {
     steps: u64,
     /// Counts for a progress display, when someone watches.
     pub(super) progress: crate::progress::Sink,
+    /// The clock of `-v`'s "by" times: the command's start when it sets it, else the engine's.
+    pub(super) started: Instant,
     pid: u32,
     /// The content phase's copy buffer, one for the run.
     buf: Vec<u8>,
@@ -228,6 +230,7 @@ impl<'a> Engine<'a> {
             kill_after,
             steps: 0,
             progress: None,
+            started: Instant::now(),
             pid: std::process::id(),
             buf: Vec::new(),
             reaper: Default::default(),
@@ -313,7 +316,7 @@ impl<'a> Engine<'a> {
     }
 
     pub(super) fn run(mut self) -> Result<Outcome> {
-        let t0 = Instant::now();
+        let t0 = self.started;
         let fresh = self.tree_is_fresh();
         let mut dc = self.open_root()?;
         let files = self.tree.len() as u64;
@@ -330,7 +333,7 @@ impl<'a> Engine<'a> {
         self.segs = segs;
         self.source = source;
         log::debug!(
-            "the pass beside the old manifest done in {:.3}s",
+            "the pass beside the old manifest done by {:.3}s",
             t0.elapsed().as_secs_f64()
         );
         // Phase 1: what the image dropped, children first.
@@ -339,7 +342,7 @@ impl<'a> Engine<'a> {
         }
         self.gone = gone;
         log::debug!(
-            "phase 1 (deletions) done in {:.3}s (peak {} MiB)",
+            "phase 1 (deletions) done by {:.3}s (peak {} MiB)",
             t0.elapsed().as_secs_f64(),
             crate::logging::peak_mib()
         );
@@ -377,7 +380,7 @@ impl<'a> Engine<'a> {
         }
         drop(old);
         log::debug!(
-            "phase 2 (decisions) done in {:.3}s (peak {} MiB)",
+            "phase 2 (decisions) done by {:.3}s (peak {} MiB)",
             t0.elapsed().as_secs_f64(),
             crate::logging::peak_mib()
         );
@@ -420,7 +423,7 @@ impl<'a> Engine<'a> {
             }
         }
         log::debug!(
-            "phase 3 (file contents) done in {:.3}s (peak {} MiB)",
+            "phase 3 (file contents) done by {:.3}s (peak {} MiB)",
             t0.elapsed().as_secs_f64(),
             crate::logging::peak_mib()
         );
