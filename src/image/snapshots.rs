@@ -321,6 +321,7 @@ pub(super) fn tree(
             opaque: Vec::new(),
             notes: Vec::new(),
             buf: Vec::new(),
+            batch: Vec::new(),
         };
         let mut ctx = layer();
         // The way down to `prefix`, one component at a time.
@@ -350,6 +351,7 @@ pub(super) fn tree(
                 ctx.item(&rel, Item::Opaque)?;
             }
         }
+        ctx.flush()?;
         let (mut whiteouts, mut opaque) = (ctx.whiteouts, ctx.opaque);
         notes.extend(ctx.notes);
         if reached {
@@ -364,7 +366,8 @@ pub(super) fn tree(
             let parts = walk
                 .parallel(fd.as_fd(), prefix, layer)
                 .with_context(|| format!("reading the snapshot directory {}", dir.display()))?;
-            for p in parts {
+            for mut p in parts {
+                p.flush()?;
                 whiteouts.extend(p.whiteouts);
                 opaque.extend(p.opaque);
                 notes.extend(p.notes);
@@ -404,7 +407,15 @@ struct Layer<'a, 'p> {
     notes: Vec<String>,
     /// This thread's read buffer: a file up to its size is read in one `read`.
     buf: Vec<u8>,
+    /// Entries read but not yet in the shared ingest (path, entry, sequence number): they go
+    /// in [`BATCH`] at a time, so the threads take the ingest's lock once a batch, not once an
+    /// entry (a profile of a 200k-entry read had 8% of its samples in waking and switching
+    /// threads on that lock).
+    batch: Vec<(String, Entry, u64)>,
 }
+
+/// How many entries a reading thread gathers before it takes the ingest's lock.
+const BATCH: usize = 256;
 
 impl Layer<'_, '_> {
     fn item(&mut self, path: &str, item: Item) -> Result<()> {
@@ -421,11 +432,26 @@ impl Layer<'_, '_> {
             Item::Whiteout => self.whiteouts.push(path.to_string()),
             Item::Opaque => self.opaque.push(path.to_string()),
             Item::Entry(e) => {
-                self.ing
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("a snapshot reader thread panicked"))?
-                    .add(path, &e, self.li, n)?;
+                self.batch.push((path.to_string(), e, n));
+                if self.batch.len() >= BATCH {
+                    self.flush()?;
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// Moves the gathered entries into the shared ingest (under its lock, once).
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let mut ing = self
+            .ing
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a snapshot reader thread panicked"))?;
+        for (path, e, n) in self.batch.drain(..) {
+            ing.add(&path, &e, self.li, n)?;
         }
         Ok(())
     }
