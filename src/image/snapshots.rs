@@ -302,8 +302,8 @@ pub(super) fn tree(
     (max_entries, hash): (u64, bool),
     notes: &mut Vec<String>,
 ) -> Result<Tree> {
-    // One ingest for every layer and every walking thread (a lock per entry: the walk's
-    // threads read and hash outside it), so the tree is built once, never copied.
+    // One ingest for every layer and every walking thread (a lock per batch of entries: the
+    // walk's threads read and hash outside it), so the tree is built once, never copied.
     let ing = Mutex::new(Ingest::new(prefix));
     let seq = AtomicU64::new(0);
     for (li, dir) in view.dirs.iter().enumerate() {
