@@ -10,6 +10,10 @@
 //! format, its fast reader and the byte-for-byte comparison the sync pass relies on must stay
 //! one definition, and their tests (round trip, chunk edges, the path rule) sit with it.
 
+pub(super) mod delta;
+
+pub(super) use delta::Reader;
+
 use super::sync_dir;
 use crate::config::Config;
 use crate::image::{Entry, Kind};
@@ -121,12 +125,12 @@ impl Manifest {
 
 /// The manifest read one line at a time, in its order (sorted by path), so a run never holds
 /// the whole file: a million-entry manifest is about 150 MB of text. It is read in large chunks
-/// and split on newlines in place; [`Reader::next`] checks each line's path (UTF-8, a path of
+/// and split on newlines in place; [`Lines::next`] checks each line's path (UTF-8, a path of
 /// the tree, after the one before), the other fields are checked where they are used
-/// ([`Reader::entry`], [`Reader::same_image_fields`]).
-pub(super) struct Reader {
+/// ([`Lines::entry`], [`Lines::same_image_fields`]).
+pub(super) struct Lines {
     file: Option<std::fs::File>,
-    /// The same open file, kept past the end ([`Reader::into_source`]).
+    /// The same open file, kept past the end ([`Lines::into_source`]).
     source: Option<std::fs::File>,
     name: PathBuf,
     line_no: usize,
@@ -140,19 +144,19 @@ pub(super) struct Reader {
     end: usize,
     /// The file has no more to read.
     eof: bool,
-    /// Lines that start at or after this offset are not this reader's ([`Reader::split`]).
+    /// Lines that start at or after this offset are not this reader's ([`Lines::split`]).
     limit: u64,
     path: String,
     /// The previous path's buffer, reused.
     spare: String,
 }
 
-/// How much of the manifest a [`Reader`] reads at a time (a longer line grows it).
+/// How much of the manifest a [`Lines`] reads at a time (a longer line grows it).
 const CHUNK: usize = 1 << 20;
 
-impl Reader {
+impl Lines {
     /// The manifest of the last sync (none yet: an empty reader).
-    pub(super) fn open(cfg: &Config) -> Result<Reader> {
+    pub(super) fn open(cfg: &Config) -> Result<Lines> {
         let name = Manifest::path(cfg);
         let file = match std::fs::File::open(&name) {
             Ok(f) => Some(f),
@@ -168,7 +172,7 @@ impl Reader {
             ),
             None => None,
         };
-        Ok(Reader::at(file, source, name, 0))
+        Ok(Lines::at(file, source, name, 0))
     }
 
     /// A reader of `file` (named `name`) from the offset `base`.
@@ -177,8 +181,8 @@ impl Reader {
         source: Option<std::fs::File>,
         name: PathBuf,
         base: u64,
-    ) -> Reader {
-        Reader {
+    ) -> Lines {
+        Lines {
             source,
             base,
             buf: if file.is_some() {
@@ -207,7 +211,7 @@ impl Reader {
     /// the order of its own lines only, and its line numbers count from the middle: the
     /// caller checks that the halves join in order, and reads the file again in one pass to
     /// report damage where it is.
-    pub(super) fn split(&mut self, min: u64) -> Result<Option<Reader>> {
+    pub(super) fn split(&mut self, min: u64) -> Result<Option<Lines>> {
         let Some(f) = &self.file else {
             return Ok(None);
         };
@@ -217,7 +221,7 @@ impl Reader {
             return Ok(None);
         }
         let f = f.try_clone().with_context(what)?;
-        let mut b = Reader::at(Some(f), None, self.name.clone(), len / 2);
+        let mut b = Lines::at(Some(f), None, self.name.clone(), len / 2);
         // The rest of the line the middle falls in is the first half's.
         loop {
             if let Some(k) = memchr::memchr(b'\n', &b.buf[b.end..b.filled]) {
@@ -353,7 +357,7 @@ impl Reader {
     }
 
     /// The file read (the same open file, so the same bytes whatever replaced it since: the
-    /// manifest is never written in place), to copy [`Reader::span`]s of it with
+    /// manifest is never written in place), to copy [`Lines::span`]s of it with
     /// [`Writer::copy`]; none when there was no manifest.
     pub(super) fn into_source(self) -> Option<std::fs::File> {
         self.source
@@ -361,9 +365,7 @@ impl Reader {
 
     /// The current line's fields after the path (without the newline); `None` if it has none.
     fn rest(&self) -> Option<&[u8]> {
-        let line = self.raw();
-        let body = line.strip_suffix(b"\n").unwrap_or(line);
-        memchr::memchr(b'\t', body).map(|k| &body[k + 1..])
+        rest_of(self.raw())
     }
 
     /// The current entry, parsed.
@@ -377,61 +379,51 @@ impl Reader {
             None => Err(self.damaged("a field is missing or malformed")),
         }
     }
+}
 
-    /// Whether the current line holds, byte for byte, the image fields `fields` (as
-    /// [`image_fields`] wrote them for an entry) and well-formed live fields: then
-    /// [`Reader::entry`] would parse to that entry (when [`fields_round_trip`] says so), which
-    /// this settles without parsing. `false` says nothing: parse it.
-    pub(super) fn same_image_fields(&self, fields: &[u8]) -> bool {
-        let Some(live) = self
-            .rest()
-            .and_then(|r| r.strip_prefix(fields))
-            .and_then(|r| r.strip_prefix(b"\t"))
-        else {
-            return false;
-        };
-        let mut it = live.split(|&b| b == b'\t');
-        let (Some(ino), Some(mt), Some(ct), None) = (it.next(), it.next(), it.next(), it.next())
-        else {
-            return false;
-        };
-        // The checks `parse_rest` makes of the live fields.
-        // (Digits that fit, after a `-` where one may be, parse; anything else is parsed.)
-        fn num(f: &[u8], signed: bool) -> bool {
-            let digits = if signed {
-                f.strip_prefix(b"-").unwrap_or(f)
-            } else {
-                f
-            };
-            // (Nineteen digits pass i64::MAX only past "9223372036854775807", which is as
-            // long, so compares as text.)
-            let fits = digits.len() < 19
-                || (digits.len() == 19 && (!signed || digits <= &b"9223372036854775807"[..]));
-            (!digits.is_empty() && fits && digits.iter().all(u8::is_ascii_digit))
-                || std::str::from_utf8(f).is_ok_and(|f| {
-                    if signed {
-                        f.parse::<i64>().is_ok()
-                    } else {
-                        f.parse::<u64>().is_ok()
-                    }
-                })
-        }
-        num(ino, false) && num(mt, true) && num(ct, true)
-    }
+/// The fields after the path of a manifest line (without the newline); `None` if it has none.
+fn rest_of(line: &[u8]) -> Option<&[u8]> {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    memchr::memchr(b'\t', body).map(|k| &body[k + 1..])
+}
 
-    /// The entry at `p`, if the manifest has it; `p` must not be before the last one asked
-    /// for (the engine asks in path order).
-    pub(super) fn seek(&mut self, p: &str) -> Result<Option<MEntry>> {
-        while self.file.is_some() && (self.path.is_empty() || self.path.as_str() < p) {
-            if !self.next()? {
-                return Ok(None);
-            }
-        }
-        if self.file.is_some() && self.path == p {
-            return self.entry().map(Some);
-        }
-        Ok(None)
+/// Whether the manifest line `line` holds, byte for byte, the image fields `fields` (as
+/// [`image_fields`] wrote them for an entry) and well-formed live fields: then
+/// [`Reader::entry`] would parse to that entry (when [`fields_round_trip`] says so), which
+/// this settles without parsing. `false` says nothing: parse it.
+fn same_image_fields(line: &[u8], fields: &[u8]) -> bool {
+    let Some(live) = rest_of(line)
+        .and_then(|r| r.strip_prefix(fields))
+        .and_then(|r| r.strip_prefix(b"\t"))
+    else {
+        return false;
+    };
+    let mut it = live.split(|&b| b == b'\t');
+    let (Some(ino), Some(mt), Some(ct), None) = (it.next(), it.next(), it.next(), it.next()) else {
+        return false;
+    };
+    // The checks `parse_rest` makes of the live fields.
+    // (Digits that fit, after a `-` where one may be, parse; anything else is parsed.)
+    fn num(f: &[u8], signed: bool) -> bool {
+        let digits = if signed {
+            f.strip_prefix(b"-").unwrap_or(f)
+        } else {
+            f
+        };
+        // (Nineteen digits pass i64::MAX only past "9223372036854775807", which is as
+        // long, so compares as text.)
+        let fits = digits.len() < 19
+            || (digits.len() == 19 && (!signed || digits <= &b"9223372036854775807"[..]));
+        (!digits.is_empty() && fits && digits.iter().all(u8::is_ascii_digit))
+            || std::str::from_utf8(f).is_ok_and(|f| {
+                if signed {
+                    f.parse::<i64>().is_ok()
+                } else {
+                    f.parse::<u64>().is_ok()
+                }
+            })
     }
+    num(ino, false) && num(mt, true) && num(ct, true)
 }
 
 /// A new manifest, written in path order to a temporary file and renamed over the old one on
@@ -510,14 +502,18 @@ impl Writer {
         Ok(())
     }
 
-    /// Flushes and renames it into place. No fsync: after a power cut an old or empty manifest
-    /// only makes the next sync compare content (live entries equal to the image are adopted,
-    /// others are kept as edits), never lose data.
+    /// Flushes and renames it into place, the old delta ([`delta`]) removed first: it belongs
+    /// to the old file. No fsync: after a power cut (or a kill between the two steps) an old or
+    /// empty manifest only makes the next sync compare content (live entries equal to the image
+    /// are adopted, others are kept as edits), never lose data.
     pub(super) fn commit(mut self) -> Result<()> {
         let out = self.out.take().expect("committed once");
         out.into_inner()
             .map_err(|e| e.into_error())
-            .and_then(|_| std::fs::rename(&self.tmp, &self.path))
+            .and_then(|_| match std::fs::remove_file(delta::path_of(&self.path)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => std::fs::rename(&self.tmp, &self.path),
+            })
             .with_context(|| format!("writing the manifest {}", self.path.display()))
     }
 }

@@ -578,6 +578,7 @@ fn generated_config_state_manifest_and_journal_files_never_panic() {
         "state/state.json",
         "state/sync/last.json",
         "state/sync/manifest.tsv",
+        "state/sync/manifest.delta.tsv",
         "state/sync/journal",
     ]);
     let strategy = (which, text);

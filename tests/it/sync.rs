@@ -661,3 +661,104 @@ fn a_damaged_manifest_is_reported_at_its_line_and_nothing_is_written() {
     assert_eq!(snapshot(&w.code), before, "nothing written");
     assert!(!w.code.join("w/new.php").exists());
 }
+
+/// A sync that changes few paths writes their lines to the manifest's delta and leaves the
+/// manifest as it was; every reader (the next sync, `diff`) reads the two as one; a damaged
+/// delta is reported at its line and nothing is written; without it the next sync compares
+/// the live tree and completes, and a sync that changes every path writes the manifest whole.
+#[test]
+fn a_small_change_writes_the_manifests_delta_which_every_reader_applies() {
+    let w = World::new("");
+    let img = w.path().join("img");
+    let root = img.join("srv/mediawiki");
+    for i in 0..40 {
+        let p = root.join(format!("w/f{i:02}.php"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, format!("{i}\n")).unwrap();
+    }
+    w.write_config(&format!(
+        "enabled: true\nimage: {{ source: directory, location: {} }}\n",
+        img.display()
+    ));
+    w.run(&["sync"]).code(0);
+    let manifest = w.state_dir.join("sync/manifest.tsv");
+    let delta = w.state_dir.join("sync/manifest.delta.tsv");
+    let whole = std::fs::read(&manifest).unwrap();
+    assert!(!delta.exists());
+    // The image changes one file, drops one and adds one; an engineer edits another.
+    std::fs::write(root.join("w/f03.php"), "three\n").unwrap();
+    std::fs::remove_file(root.join("w/f04.php")).unwrap();
+    std::fs::write(root.join("w/g.php"), "g\n").unwrap();
+    std::fs::write(w.code.join("w/f05.php"), "an engineer's\n").unwrap();
+    w.run(&["sync"]).code(0);
+    assert_eq!(
+        std::fs::read(&manifest).unwrap(),
+        whole,
+        "the manifest as it was"
+    );
+    let d = std::fs::read_to_string(&delta).unwrap();
+    let paths: Vec<&str> = d
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    // (The directory too: its mtime in the image changed with its entries.)
+    assert_eq!(paths, ["w", "w/f03.php", "w/f04.php", "w/g.php"], "{d}");
+    assert_eq!(
+        std::fs::read_to_string(w.code.join("w/f03.php")).unwrap(),
+        "three\n"
+    );
+    assert!(!w.code.join("w/f04.php").exists());
+    assert_eq!(
+        std::fs::read_to_string(w.code.join("w/g.php")).unwrap(),
+        "g\n"
+    );
+    let out = w.run(&["diff"]);
+    out.code(1); // (as diff(1): there are differences)
+    assert!(
+        out.stdout.contains("1 modified, 0 added, 0 deleted"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("w/f05.php"), "{}", out.stdout);
+    // The image drops g.php again: the delta's line goes (g.php was never in the manifest).
+    std::fs::remove_file(root.join("w/g.php")).unwrap();
+    w.run(&["sync"]).code(0);
+    assert!(!w.code.join("w/g.php").exists());
+    // A damaged delta: an error at its line, nothing written.
+    let d = std::fs::read_to_string(&delta).unwrap();
+    let mut lines: Vec<&str> = d.lines().collect();
+    lines.swap(1, 2);
+    std::fs::write(&delta, lines.join("\n") + "\n").unwrap();
+    std::fs::write(root.join("w/f06.php"), "six\n").unwrap();
+    let before = snapshot(&w.code);
+    w.run(&["sync"])
+        .code(2)
+        .stderr_has("manifest.delta.tsv line 3 is damaged (out of order)");
+    assert_eq!(snapshot(&w.code), before, "nothing written");
+    // Moved away: the manifest reads as the first sync left it, so the files the image
+    // changed since are compared with it: the live ones equal to the image are taken.
+    std::fs::remove_file(&delta).unwrap();
+    w.run(&["sync"]).code(0);
+    assert_eq!(
+        std::fs::read_to_string(w.code.join("w/f06.php")).unwrap(),
+        "six\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.code.join("w/f05.php")).unwrap(),
+        "an engineer's\n"
+    );
+    // Every path changed: the manifest is written whole, the delta goes.
+    for i in 0..40 {
+        if i != 4 {
+            std::fs::write(root.join(format!("w/f{i:02}.php")), format!("{i} again\n")).unwrap();
+        }
+    }
+    w.run(&["sync"]).code(0);
+    assert!(!delta.exists());
+    assert_ne!(std::fs::read(&manifest).unwrap(), whole);
+    assert_eq!(
+        std::fs::read_to_string(w.code.join("w/f10.php")).unwrap(),
+        "10 again\n"
+    );
+}

@@ -536,7 +536,8 @@ fn pass(
         olds: Vec::new(),
         reread: false,
         gone: Vec::new(),
-        segs: Some(Vec::new()),
+        // (With a delta, the lines are not all in one file: the new manifest is merged.)
+        segs: (!old.has_delta()).then(Vec::new),
     };
     let seg = |segs: &mut Option<Vec<Seg>>, s: Seg| {
         if let Some(v) = segs {
@@ -685,6 +686,9 @@ impl Engine<'_> {
     /// in bulk), or, when there were too many or an entry the pass saw unchanged was written
     /// after all, merged by path ([`Engine::merge_manifest`]).
     fn write_manifest(&self) -> Result<()> {
+        if self.write_delta()? {
+            return Ok(());
+        }
         let Some(segs) = &self.segs else {
             return self.merge_manifest();
         };
@@ -740,6 +744,37 @@ impl Engine<'_> {
             }
         }
         w.commit()
+    }
+
+    /// The new manifest as a delta of the old one ([`manifest::delta`]): the lines of the
+    /// entries this run put in place, and the paths the image dropped in scope leaving it.
+    /// `false`, with nothing written, when there are too many for a delta.
+    fn write_delta(&self) -> Result<bool> {
+        let live = self.slots.iter().filter(|s| s.live().is_some()).count();
+        if !manifest::delta::room(self.cfg, live + self.gone.len(), self.slots.len()) {
+            return Ok(false);
+        }
+        // (The paths dropped and the tree's are two sorted lists that share none.)
+        let mut changes: Vec<(String, Vec<u8>)> = Vec::with_capacity(live + self.gone.len());
+        changes.extend(self.gone.iter().map(|(p, _)| (p.clone(), Vec::new())));
+        let mut s = String::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let Some(live) = slot.live() {
+                let p = self.tree.path(i);
+                s.clear();
+                manifest::line(
+                    &p,
+                    &MEntry {
+                        e: self.tree.entry(i),
+                        live,
+                    },
+                    &mut s,
+                );
+                changes.push((p, s.as_bytes().to_vec()));
+            }
+        }
+        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        manifest::delta::write(self.cfg, &changes)
     }
 
     /// The new manifest merged by path: the old one (streamed again) with the slots applied;
