@@ -29,6 +29,7 @@ pub(super) fn recover(cfg: &Config) -> Result<bool> {
     if !jp.try_exists().unwrap_or(true) {
         return Ok(false);
     }
+    remove_state_temps(&sync_dir(cfg));
     let root = match at::open_dir_path(&cfg.code.path) {
         Ok(r) => r,
         Err(_) => {
@@ -121,6 +122,31 @@ pub(super) fn recover(cfg: &Config) -> Result<bool> {
     Ok(true)
 }
 
+/// Removes the manifest's and its delta's temporary files (`manifest.tsv.tmp.<pid>`,
+/// `manifest.delta.tsv.tmp.<pid>`) a run killed while writing them left in the state directory
+/// (root's, not the tree): under the run lock no other run is writing one.
+fn remove_state_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let temp = ["manifest.tsv.tmp.", "manifest.delta.tsv.tmp."]
+            .iter()
+            .any(|p| {
+                name.strip_prefix(p)
+                    .is_some_and(|pid| pid.parse::<u32>().is_ok())
+            });
+        if temp && e.file_type().is_ok_and(|t| t.is_file()) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => log::info!("removed {name}, left by an interrupted run"),
+                Err(err) => log::warn!("removing {}: {err}", e.path().display()),
+            }
+        }
+    }
+}
+
 /// Calls `f` with each line of the journal, read a line at a time.
 fn each_line(jp: &Path, f: &mut dyn FnMut(&str) -> Result<()>) -> Result<()> {
     let file = std::fs::File::open(jp).with_context(|| format!("reading {}", jp.display()))?;
@@ -176,4 +202,42 @@ fn rewrite(cfg: &Config, sets: &BTreeMap<String, MEntry>, dels: &BTreeSet<String
         w.entry(k, m)?;
     }
     w.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_killed_writes_temp_files_go_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        for f in [
+            "manifest.tsv.tmp.123",
+            "manifest.delta.tsv.tmp.45",
+            "manifest.tsv.tmp.x",
+            "manifest.tsv",
+            "manifest.delta.tsv",
+            "journal",
+        ] {
+            std::fs::write(d.join(f), "x").unwrap();
+        }
+        std::fs::create_dir(d.join("manifest.tsv.tmp.9")).unwrap();
+        remove_state_temps(d);
+        let mut left: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "journal",
+                "manifest.delta.tsv",
+                "manifest.tsv",
+                "manifest.tsv.tmp.9",
+                "manifest.tsv.tmp.x"
+            ]
+        );
+    }
 }
