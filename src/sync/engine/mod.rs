@@ -754,27 +754,34 @@ impl Engine<'_> {
         if !manifest::delta::room(self.cfg, live + self.gone.len(), self.slots.len()) {
             return Ok(false);
         }
-        // (The paths dropped and the tree's are two sorted lists that share none.)
-        let mut changes: Vec<(String, Vec<u8>)> = Vec::with_capacity(live + self.gone.len());
-        changes.extend(self.gone.iter().map(|(p, _)| (p.clone(), Vec::new())));
-        let mut s = String::new();
-        for (i, slot) in self.slots.iter().enumerate() {
-            if let Some(live) = slot.live() {
-                let p = self.tree.path(i);
-                s.clear();
+        // The paths dropped and the tree's entries put in place, two lists in path order that
+        // share no path, merged as the delta is written (one line made at a time).
+        let tree = &self.tree;
+        let mut gone = self.gone.iter().map(|(p, _)| p).peekable();
+        let mut lives = (self.slots.iter().enumerate())
+            .filter_map(|(i, s)| s.live().map(|l| (i, l)))
+            .map(|(i, live)| {
+                let p = tree.path(i);
+                let mut s = String::new();
                 manifest::line(
                     &p,
                     &MEntry {
-                        e: self.tree.entry(i),
+                        e: tree.entry(i),
                         live,
                     },
                     &mut s,
                 );
-                changes.push((p, s.as_bytes().to_vec()));
+                (p, s.into_bytes())
+            })
+            .peekable();
+        let changes = std::iter::from_fn(|| match (gone.peek(), lives.peek()) {
+            (Some(g), Some((t, _))) if g.as_str() < t.as_str() => {
+                gone.next().map(|p| (p.clone(), Vec::new()))
             }
-        }
-        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        manifest::delta::write(self.cfg, &changes)
+            (Some(_), None) => gone.next().map(|p| (p.clone(), Vec::new())),
+            _ => lives.next(),
+        });
+        manifest::delta::write(self.cfg, changes)
     }
 
     /// The new manifest merged by path: the old one (streamed again) with the slots applied;

@@ -94,7 +94,12 @@ impl Delta {
             )
         };
         if len > bound {
-            return Err(damaged(0, "larger than a delta of its manifest is written"));
+            anyhow::bail!(
+                "the manifest delta {} is damaged (larger than a delta of its manifest is \
+                 written); move it away and run `sync` (without it the manifest reads as an \
+                 older sync left it: live entries are compared, none is lost)",
+                dp.display()
+            );
         }
         let mut data = Vec::with_capacity(len as usize);
         f.read_to_end(&mut data).with_context(what)?;
@@ -377,11 +382,15 @@ pub(in crate::sync) fn room(cfg: &Config, n: usize, entries: usize) -> bool {
     have.saturating_add((n as u64).saturating_mul(line)) <= max_bytes(base.len())
 }
 
-/// Writes the manifest's new delta: its delta's lines with `changes` (sorted by path, each
-/// once: path -> line with its newline, or empty for a path that leaves the manifest)
-/// applied. `false`, with nothing written, when there is no manifest or the delta would pass
-/// its bound: then write the manifest whole.
-pub(in crate::sync) fn write(cfg: &Config, changes: &[(String, Vec<u8>)]) -> Result<bool> {
+/// Writes the manifest's new delta: its delta's lines with `changes` (in path order, each path
+/// once: path and line with its newline, or an empty line for a path that leaves the manifest)
+/// applied, a line at a time (no more is held than the old delta). `false`, with nothing
+/// written, when there is no manifest or the delta would pass its bound: then write the
+/// manifest whole.
+pub(in crate::sync) fn write(
+    cfg: &Config,
+    changes: impl Iterator<Item = (String, Vec<u8>)>,
+) -> Result<bool> {
     let name = Manifest::path(cfg);
     let base = match std::fs::File::open(&name) {
         Ok(f) => f,
@@ -391,45 +400,78 @@ pub(in crate::sync) fn write(cfg: &Config, changes: &[(String, Vec<u8>)]) -> Res
     let id = ident(&base).with_context(|| format!("reading {}", name.display()))?;
     let bound = max_bytes(id.1);
     let old = Delta::load(&name, &base)?;
-    let mut out = format!("{HEADER} {} {} {}\n", id.0, id.1, id.2).into_bytes();
-    let mut esc = String::new();
-    let (mut k, mut c) = (0, 0);
-    // The two merged by path, a change winning over the old line of its path.
-    while k < old.lines.len() || c < changes.len() {
-        let take_old =
-            c == changes.len() || (k < old.lines.len() && old.path(k) < changes[c].0.as_str());
-        let (p, l) = if take_old {
-            k += 1;
-            (old.path(k - 1), old.line(k - 1))
-        } else {
-            if k < old.lines.len() && old.path(k) == changes[c].0 {
-                k += 1;
-            }
-            c += 1;
-            (changes[c - 1].0.as_str(), changes[c - 1].1.as_slice())
-        };
-        if l.is_empty() {
-            esc.clear();
-            crate::tsv::esc(p, &mut esc);
-            out.extend_from_slice(esc.as_bytes());
-            out.push(b'\n');
-        } else {
-            out.extend_from_slice(l);
-        }
-        if out.len() as u64 > bound {
-            return Ok(false);
-        }
-    }
     let dp = path_of(&name);
     let tmp = dp.with_extension(format!("tsv.tmp.{}", std::process::id()));
-    let r = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(&out))
-        .and_then(|()| std::fs::rename(&tmp, &dp));
-    if let Err(e) = r {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing the manifest delta {}", dp.display()));
+    let ctx = || format!("writing the manifest delta {}", tmp.display());
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(ctx)?);
+    let r = (|| -> std::io::Result<bool> {
+        let mut n = 0u64;
+        let mut put = |out: &mut std::io::BufWriter<std::fs::File>, b: &[u8]| {
+            n += b.len() as u64;
+            out.write_all(b).map(|()| n)
+        };
+        put(
+            &mut out,
+            format!("{HEADER} {} {} {}\n", id.0, id.1, id.2).as_bytes(),
+        )?;
+        let mut esc = String::new();
+        let mut k = 0;
+        let mut changes = changes.peekable();
+        let mut last = String::new();
+        // The two merged by path, a change winning over the old line of its path.
+        loop {
+            let take_old =
+                k < old.lines.len() && changes.peek().is_none_or(|(p, _)| old.path(k) < p.as_str());
+            let change;
+            let (p, l) = if take_old {
+                k += 1;
+                (old.path(k - 1), old.line(k - 1))
+            } else if let Some(c) = changes.next() {
+                if k < old.lines.len() && old.path(k) == c.0 {
+                    k += 1;
+                }
+                debug_assert!(last.is_empty() || last < c.0, "changes out of order");
+                change = c;
+                (change.0.as_str(), change.1.as_slice())
+            } else {
+                break;
+            };
+            if cfg!(debug_assertions) {
+                last = p.to_string();
+            }
+            let n = if l.is_empty() {
+                esc.clear();
+                crate::tsv::esc(p, &mut esc);
+                esc.push('\n');
+                put(&mut out, esc.as_bytes())?
+            } else {
+                put(&mut out, l)?
+            };
+            if n > bound {
+                return Ok(false);
+            }
+        }
+        out.flush()?;
+        Ok(true)
+    })();
+    drop(out);
+    match r {
+        Ok(true) => match std::fs::rename(&tmp, &dp) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e).with_context(ctx)
+            }
+        },
+        Ok(false) => {
+            let _ = std::fs::remove_file(&tmp);
+            Ok(false)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e).with_context(ctx)
+        }
     }
-    Ok(true)
 }
 
 #[cfg(test)]
@@ -470,7 +512,7 @@ mod tests {
         w.commit().unwrap();
     }
 
-    fn changes(ch: &[(&str, Option<u64>)]) -> Vec<(String, Vec<u8>)> {
+    fn changes(ch: &[(&str, Option<u64>)]) -> std::vec::IntoIter<(String, Vec<u8>)> {
         ch.iter()
             .map(|(p, s)| {
                 let mut l = String::new();
@@ -479,7 +521,8 @@ mod tests {
                 }
                 (p.to_string(), l.into_bytes())
             })
-            .collect()
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
     fn all(r: &mut Reader) -> Vec<(String, u64)> {
@@ -510,7 +553,7 @@ mod tests {
             ("cc", None),
             ("z", Some(90)),
         ]);
-        assert!(write(&c, &ch).unwrap());
+        assert!(write(&c, ch).unwrap());
         let want = owned(&[
             ("0", 10),
             ("a", 1),
@@ -522,7 +565,7 @@ mod tests {
         ]);
         assert_eq!(all(&mut Reader::open(&c).unwrap()), want);
         // A second delta builds on the first.
-        assert!(write(&c, &changes(&[("0", None), ("c", Some(30))])).unwrap());
+        assert!(write(&c, changes(&[("0", None), ("c", Some(30))])).unwrap());
         let want2 = owned(&[
             ("a", 1),
             ("b", 20),
@@ -556,7 +599,7 @@ mod tests {
         let many: Vec<(String, Option<u64>)> =
             (0..200).map(|i| (format!("n{i:03}"), Some(i))).collect();
         let many: Vec<(&str, Option<u64>)> = many.iter().map(|(p, s)| (p.as_str(), *s)).collect();
-        assert!(!write(&c, &changes(&many)).unwrap());
+        assert!(!write(&c, changes(&many)).unwrap());
         assert_eq!(all(&mut Reader::open(&c).unwrap()), want2);
         let mut w = Writer::create(&c).unwrap();
         let mut r = Reader::open(&c).unwrap();
@@ -578,7 +621,7 @@ mod tests {
             &c,
             &[("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5), ("f", 6)],
         );
-        assert!(write(&c, &changes(&[("b", Some(20)), ("d", None)])).unwrap());
+        assert!(write(&c, changes(&[("b", Some(20)), ("d", None)])).unwrap());
         let dp = path_of(&Manifest::path(&c));
         let good = std::fs::read_to_string(&dp).unwrap();
         let lines: Vec<&str> = good.lines().collect();
