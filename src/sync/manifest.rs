@@ -646,7 +646,7 @@ pub(super) fn is_tree_path(p: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn cfg(dir: &std::path::Path) -> Config {
+    pub(super) fn cfg(dir: &std::path::Path) -> Config {
         let c = Config {
             state_dir: dir.to_path_buf(),
             ..Default::default()
@@ -655,7 +655,7 @@ mod tests {
         c
     }
 
-    fn entry(size: u64) -> MEntry {
+    pub(super) fn entry(size: u64) -> MEntry {
         MEntry {
             e: Entry {
                 kind: Kind::File,

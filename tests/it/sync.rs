@@ -628,11 +628,9 @@ fn systemd_units_pass_systemd_analyze_verify() {
     assert!(timer.contains("OnCalendar=hourly") && timer.contains("RandomizedDelaySec="));
 }
 
-/// The old manifest is read in two halves side by side when it is large (in the tests' debug
-/// builds, nearly always): damage in its second half is still reported at its own line, and
-/// the sync changes nothing.
-#[test]
-fn a_damaged_manifest_is_reported_at_its_line_and_nothing_is_written() {
+/// A world whose `directory` image (at the returned root) holds `w/f00.php`..`w/f39.php`,
+/// synced once.
+fn synced_forty_files() -> (World, std::path::PathBuf) {
     let w = World::new("");
     let img = w.path().join("img");
     let root = img.join("srv/mediawiki");
@@ -646,6 +644,15 @@ fn a_damaged_manifest_is_reported_at_its_line_and_nothing_is_written() {
         img.display()
     ));
     w.run(&["sync"]).code(0);
+    (w, root)
+}
+
+/// The old manifest is read in two halves side by side when it is large (in the tests' debug
+/// builds, nearly always): damage in its second half is still reported at its own line, and
+/// the sync changes nothing.
+#[test]
+fn a_damaged_manifest_is_reported_at_its_line_and_nothing_is_written() {
+    let (w, root) = synced_forty_files();
     // Two lines near the end swapped: out of order.
     let manifest = w.state_dir.join("sync/manifest.tsv");
     let text = std::fs::read_to_string(&manifest).unwrap();
@@ -668,19 +675,7 @@ fn a_damaged_manifest_is_reported_at_its_line_and_nothing_is_written() {
 /// the live tree and completes, and a sync that changes every path writes the manifest whole.
 #[test]
 fn a_small_change_writes_the_manifests_delta_which_every_reader_applies() {
-    let w = World::new("");
-    let img = w.path().join("img");
-    let root = img.join("srv/mediawiki");
-    for i in 0..40 {
-        let p = root.join(format!("w/f{i:02}.php"));
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, format!("{i}\n")).unwrap();
-    }
-    w.write_config(&format!(
-        "enabled: true\nimage: {{ source: directory, location: {} }}\n",
-        img.display()
-    ));
-    w.run(&["sync"]).code(0);
+    let (w, root) = synced_forty_files();
     let manifest = w.state_dir.join("sync/manifest.tsv");
     let delta = w.state_dir.join("sync/manifest.delta.tsv");
     let whole = std::fs::read(&manifest).unwrap();

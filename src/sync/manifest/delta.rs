@@ -476,33 +476,9 @@ pub(in crate::sync) fn write(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{cfg, entry};
     use super::super::{line, Writer};
     use super::*;
-    use crate::image::{Entry, Kind};
-
-    fn cfg(dir: &Path) -> Config {
-        let c = Config {
-            state_dir: dir.to_path_buf(),
-            ..Default::default()
-        };
-        std::fs::create_dir_all(crate::sync::sync_dir(&c)).unwrap();
-        c
-    }
-
-    fn entry(size: u64) -> MEntry {
-        MEntry {
-            e: Entry {
-                kind: Kind::File,
-                mode: 0o644,
-                size,
-                mtime: 1,
-                mtime_nsec: 0,
-                hash: Some([7; 32]),
-                target: None,
-            },
-            live: (1, 2, 3),
-        }
-    }
 
     fn base(c: &Config, paths: &[(&str, u64)]) {
         let mut w = Writer::create(c).unwrap();
